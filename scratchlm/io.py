@@ -1,0 +1,109 @@
+"""Atomic file and directory writes, and the JSON sidecars that say what a file is.
+
+Every file the toolkit writes goes through here: a temp file in the same directory, fsync,
+then `os.replace`, so a crash or a Ctrl-C never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from scratchlm.errors import ScratchLMError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _normal_mode(path: Path, is_dir: bool) -> None:
+    """mkstemp/mkdtemp create 0600/0700 entries; give outputs the usual umask-based mode."""
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+    """Open a temp file next to `path`; on success fsync and rename it over `path`."""
+    path = Path(path)
+    if path.is_dir():
+        raise ScratchLMError(f"cannot write {path}: it is a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        _normal_mode(Path(tmp), is_dir=False)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temp directory that becomes `path` only if the block finishes.
+
+    An existing `path` is an error unless `overwrite`; then it is replaced only after the new
+    directory is complete (old moved aside, new renamed in, old deleted).
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ScratchLMError(f"{path} already exists (pass --force / overwrite=True to replace it)")
+    if path.exists() and not path.is_dir():
+        raise ScratchLMError(f"{path} exists and is not a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        _normal_mode(tmp, is_dir=True)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "dir")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """Read a JSON file, turning a missing or malformed file into a clear error about `what`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScratchLMError(f"{what} not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ScratchLMError(f"{path} is not a valid {what} (bad JSON: {e})") from None
+
+
+def check_input_file(path: str | os.PathLike, what: str = "input file") -> Path:
+    """A readable, non-empty regular file, or a clear error saying which of those it is not."""
+    path = Path(path)
+    if not path.exists():
+        raise ScratchLMError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise ScratchLMError(f"{what} {path} is a directory, expected a file")
+    if path.stat().st_size == 0:
+        raise ScratchLMError(f"{what} {path} is empty")
+    return path

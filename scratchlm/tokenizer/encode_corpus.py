@@ -1,0 +1,119 @@
+"""Corpus -> token file, in parallel, streamed, atomic.
+
+The corpus is cut into chunks where tokenization is unaffected (after a special token, or at a
+safe pre-token boundary: see `chunks.py`), each chunk is encoded in a worker process, and the
+results are appended in order to a temp file that is renamed into place at the end together
+with its sidecar. The ids are exactly those of `Tokenizer.encode(whole_file)`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from scratchlm.errors import ScratchLMError
+from scratchlm.io import atomic_write, check_input_file, write_json
+from scratchlm.progress import progress_bar
+from scratchlm.tokenizer.chunks import ChunkStats, iter_text_chunks
+from scratchlm.tokenizer.token_file import TOKENS_FORMAT, TOKENS_VERSION, sidecar_path, token_dtype
+from scratchlm.tokenizer.tokenizer import Tokenizer
+from scratchlm.tokenizer.train import default_workers
+
+_worker_tok: Tokenizer | None = None
+
+
+def _init_worker(tok: Tokenizer) -> None:
+    global _worker_tok
+    _worker_tok = tok
+
+
+def _encode_chunk(text: str, dtype: str) -> bytes:
+    return np.asarray(_worker_tok.encode(text), dtype=dtype).tobytes()
+
+
+def document_separator(tok: Tokenizer) -> str | None:
+    """The special token that ends documents: `<|endoftext|>` if present, else the first special."""
+    if "<|endoftext|>" in tok.special_ids:
+        return "<|endoftext|>"
+    return tok.special_tokens[0] if tok.special_tokens else None
+
+
+def encode_file(
+    tok: Tokenizer,
+    input_path: str | Path,
+    output_path: str | Path,
+    num_workers: int | None = None,
+    chunk_bytes: int = 1 << 22,
+    progress: bool = False,
+    overwrite: bool = False,
+    tokenizer_source: str | None = None,
+) -> dict:
+    """Encode `input_path` into `output_path` (+ `<output>.json`). Returns the sidecar dict."""
+    input_path = check_input_file(input_path, "corpus file")
+    output_path = Path(output_path)
+    if output_path.exists() and not overwrite:
+        raise ScratchLMError(f"{output_path} already exists (pass --force / overwrite=True to replace it)")
+    if output_path.resolve() == input_path.resolve():
+        raise ScratchLMError("the output token file must not be the input corpus")
+    dtype = token_dtype(tok.vocab_size)
+    workers = num_workers or default_workers()
+    sep = document_separator(tok)
+    sep_id = tok.special_ids[sep] if sep is not None else None
+    stats = ChunkStats()
+    chunks = iter_text_chunks(input_path, tok.special_tokens, chunk_bytes, stats)
+    count = docs = 0
+    t0 = time.perf_counter()
+    with (
+        atomic_write(output_path, "wb") as out,
+        progress_bar(progress, total=input_path.stat().st_size, desc="encode", unit="B", unit_scale=True) as bar,
+    ):
+
+        def write(data: bytes) -> None:
+            nonlocal count, docs
+            out.write(data)
+            ids = np.frombuffer(data, dtype=dtype)
+            count += ids.size
+            if sep_id is not None:
+                docs += int(np.count_nonzero(ids == sep_id))
+            bar.update(stats.bytes_read - bar.n)
+
+        if workers == 1:
+            _init_worker(tok)
+            for text in chunks:
+                write(_encode_chunk(text, dtype.str))
+        else:
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(tok,)) as pool:
+                inflight: deque[Future] = deque()  # bounded, written back in order
+                for text in chunks:
+                    inflight.append(pool.submit(_encode_chunk, text, dtype.str))
+                    if len(inflight) >= 2 * workers:
+                        write(inflight.popleft().result())
+                while inflight:
+                    write(inflight.popleft().result())
+        bar.update(stats.bytes_read - bar.n)
+        meta = {
+            "format": TOKENS_FORMAT,
+            "version": TOKENS_VERSION,
+            "dtype": dtype.name,
+            "count": count,
+            "vocab_size": tok.vocab_size,
+            "tokenizer_hash": tok.hash,
+            "tokenizer": tokenizer_source,
+            "doc_separator": sep,
+            "doc_separator_id": sep_id,
+            "documents": docs,
+            "source": str(input_path.resolve()),
+            "source_bytes": stats.bytes_read,
+            "invalid_utf8_bytes": stats.invalid_utf8,
+            "bytes_per_token": stats.bytes_read / max(count, 1),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        # The sidecar is written while the data file is still a temp file: if this fails, neither lands.
+        write_json(sidecar_path(output_path), meta)
+    return meta

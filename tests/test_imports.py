@@ -1,0 +1,21 @@
+"""Every module imports, and importing the package does no heavy work (no torch for the CLI)."""
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+
+import scratchlm
+
+
+def test_every_module_imports():
+    names = [m.name for m in pkgutil.walk_packages(scratchlm.__path__, "scratchlm.") if not m.name.endswith("__main__")]
+    assert "scratchlm.tokenizer.train" in names
+    for name in names:
+        importlib.import_module(name)
+
+
+def test_cli_and_tokenizer_do_not_import_torch():
+    code = "import sys, scratchlm.cli, scratchlm.tokenizer; scratchlm.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
