@@ -50,6 +50,14 @@ def decode_utf8(data: bytes, stats: ChunkStats) -> str:
         return text
 
 
+def work_chunk_bytes(file_bytes: int, workers: int, chunk_bytes: int) -> int:
+    """Chunk size for `workers` processes: at most `chunk_bytes`, small enough that a small file
+    still gives every worker several chunks (64 KiB floor: below that, per-task overhead wins)."""
+    if workers <= 1:
+        return chunk_bytes
+    return min(chunk_bytes, max(file_bytes // (4 * workers), 64 << 10))
+
+
 def iter_text_chunks(
     path: str | Path, special_tokens: Iterable[str] = (), chunk_bytes: int = 1 << 22, stats: ChunkStats | None = None
 ) -> Iterator[str]:

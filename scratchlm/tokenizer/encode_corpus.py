@@ -19,7 +19,7 @@ import numpy as np
 from scratchlm.errors import ScratchLMError
 from scratchlm.io import atomic_write, check_input_file, write_json
 from scratchlm.progress import progress_bar
-from scratchlm.tokenizer.chunks import ChunkStats, iter_text_chunks
+from scratchlm.tokenizer.chunks import ChunkStats, iter_text_chunks, work_chunk_bytes
 from scratchlm.tokenizer.token_file import TOKENS_FORMAT, TOKENS_VERSION, sidecar_path, token_dtype
 from scratchlm.tokenizer.tokenizer import Tokenizer
 from scratchlm.tokenizer.train import default_workers
@@ -65,6 +65,7 @@ def encode_file(
     sep = document_separator(tok)
     sep_id = tok.special_ids[sep] if sep is not None else None
     stats = ChunkStats()
+    chunk_bytes = work_chunk_bytes(input_path.stat().st_size, workers, chunk_bytes)
     chunks = iter_text_chunks(input_path, tok.special_tokens, chunk_bytes, stats)
     count = docs = 0
     t0 = time.perf_counter()

@@ -59,6 +59,8 @@ def merge_loop_python(
         a, b = -na, -nb
         if pair_count.get((a, b), 0) != -neg:  # stale entry: the count changed after it was pushed
             continue
+        if neg >= 0:  # the greatest count left is 0: only words of frequency 0 hold pairs
+            break
         new = len(token_bytes)
         token_bytes.append(token_bytes[a] + token_bytes[b])
         desc.append(_desc(token_bytes[new]))

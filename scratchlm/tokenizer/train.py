@@ -26,7 +26,7 @@ from pathlib import Path
 from scratchlm.errors import ScratchLMError
 from scratchlm.io import check_input_file
 from scratchlm.progress import progress_bar
-from scratchlm.tokenizer.chunks import ChunkStats, iter_text_chunks
+from scratchlm.tokenizer.chunks import ChunkStats, iter_text_chunks, work_chunk_bytes
 from scratchlm.tokenizer.merge_loop import merge_loop
 from scratchlm.tokenizer.pretokenize import GPT2_PATTERN, compile_pattern, special_splitter, split_special
 
@@ -66,6 +66,7 @@ def count_pretokens_in_file(
     specials = tuple(special_tokens)
     workers = num_workers or default_workers()
     stats = ChunkStats()
+    chunk_bytes = work_chunk_bytes(path.stat().st_size, workers, chunk_bytes)
     chunks = iter_text_chunks(path, specials, chunk_bytes, stats)
     total: Counter[str] = Counter()
     with progress_bar(progress, total=path.stat().st_size, desc="pre-tokenize", unit="B", unit_scale=True) as bar:
