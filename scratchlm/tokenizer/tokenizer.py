@@ -27,6 +27,11 @@ from scratchlm.tokenizer.pretokenize import (
 )
 from scratchlm.tokenizer.train import check_special_tokens
 
+try:
+    from scratchlm.tokenizer._bpe_encode import Merger  # type: ignore[attr-defined]
+except ImportError:  # no compiler at install time: the Python reference below is used
+    Merger = None
+
 _CACHE_LIMIT = 1 << 20  # distinct pre-tokens remembered before the cache is cleared
 
 
@@ -93,6 +98,7 @@ class Tokenizer:
                     f"merge #{rank} {a!r} + {b!r} uses or makes a token missing from the vocabulary"
                 ) from None
             self._ranks.setdefault(key, (rank, merged))
+        self._bpe = self._bpe_python if Merger is None else self._compiled_merger().encode
         self._pat = compile_pattern(pattern)
         self._splitter = special_splitter(self.special_tokens)
         self._max_special = max((len(s) for s in self.special_tokens), default=1)
@@ -142,7 +148,28 @@ class Tokenizer:
         return self._hash
 
     # ------------------------------------------------------------------ encoding
-    def _bpe(self, piece: bytes) -> tuple[int, ...]:
+    def _compiled_merger(self):
+        """The C twin of `_bpe_python` (`_bpe_encode.c`), built from the same rank table."""
+        from array import array
+
+        pairs, merged = array("q"), array("q")
+        for (a, b), (_, m) in sorted(self._ranks.items(), key=lambda kv: kv[1][0]):
+            pairs.append(a << 32 | b)
+            merged.append(m)
+        return Merger(pairs, merged, array("q", self._byte_ids))
+
+    def __getstate__(self) -> dict:  # pickle the definition, not the caches / C objects
+        return {
+            "vocab": self.vocab,
+            "merges": self.merges,
+            "special_tokens": self.special_tokens,
+            "pattern": self.pattern,
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["vocab"], state["merges"], state["special_tokens"], state["pattern"])
+
+    def _bpe_python(self, piece: bytes) -> tuple[int, ...]:
         """Apply merges to one pre-token: repeatedly merge the adjacent pair of lowest rank."""
         ids = [self._byte_ids[b] for b in piece]
         ranks = self._ranks

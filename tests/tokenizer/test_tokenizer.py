@@ -142,3 +142,27 @@ def test_merges_must_match_vocab():
         Tokenizer(vocab, [(b"a", b"b")])
     with pytest.raises(ScratchLMError, match="lacks single-byte tokens"):
         Tokenizer({0: b"a"}, [])
+
+
+def test_compiled_and_python_bpe_agree_on_gpt2(gpt2):
+    pytest.importorskip("scratchlm.tokenizer._bpe_encode", reason="compiled BPE encoder not built")
+    import regex
+
+    text = shared_file("text/tinyshakespeare.txt").read_text(encoding="utf-8")[:300_000]
+    pieces = {p.encode("utf-8") for p in regex.findall(GPT2_PATTERN, text)} | {b"", b"a" * 600, bytes(range(256))}
+    for piece in pieces:
+        assert gpt2._bpe(piece) == gpt2._bpe_python(piece), piece
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_compiled_and_python_bpe_agree_on_arbitrary_bytes(small_tok, data):
+    assert small_tok._bpe(data) == small_tok._bpe_python(data)
+
+
+def test_pickles_by_definition(small_tok):
+    import pickle
+
+    text = f"hello world{EOT} the cat"
+    clone = pickle.loads(pickle.dumps(small_tok))
+    assert clone.encode(text) == small_tok.encode(text) and clone.hash == small_tok.hash
