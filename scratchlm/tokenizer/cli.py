@@ -28,7 +28,9 @@ def register(subparsers) -> None:
     e.add_argument("--input", required=True, type=Path, help="corpus text file")
     e.add_argument("--out", required=True, type=Path, help="token file to write (sidecar: <out>.json)")
     e.add_argument("--workers", type=int, default=0, help="encoding processes (0 = one per core)")
-    e.add_argument("--chunk-mb", type=float, default=4.0, help="text per work item")
+    e.add_argument(
+        "--chunk-mb", type=float, default=1.0, help="MiB of text per work item (bounds memory, not the result)"
+    )
     e.add_argument("--force", action="store_true", help="replace an existing output file")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_encode)

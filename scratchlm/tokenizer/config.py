@@ -16,7 +16,7 @@ class TokenizerTrainConfig:
     special_tokens: list[str] = field(default_factory=lambda: ["<|endoftext|>"])  # never split or merged
     pattern: str = GPT2_PATTERN  # pre-tokenization regex (merges never cross its matches)
     num_workers: int = 0  # pre-tokenizing processes; 0 = one per core
-    chunk_mb: float = 4.0  # text handed to a worker at once: bounds memory, not the result
+    chunk_mb: float = 1.0  # text handed to a worker at once: bounds memory, not the result
     backend: Literal["auto", "c", "python"] = "auto"  # merge loop: compiled core or Python reference
     formats: Literal["both", "native", "gpt2"] = "both"  # files written into the tokenizer directory
 

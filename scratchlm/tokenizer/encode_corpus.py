@@ -19,7 +19,7 @@ import numpy as np
 from scratchlm.errors import ScratchLMError
 from scratchlm.io import atomic_write, check_input_file, write_json
 from scratchlm.progress import progress_bar
-from scratchlm.tokenizer.chunks import ChunkStats, iter_text_chunks, work_chunk_bytes
+from scratchlm.tokenizer.chunks import ChunkStats, decode_utf8, iter_byte_chunks, work_chunk_bytes
 from scratchlm.tokenizer.token_file import TOKENS_FORMAT, TOKENS_VERSION, sidecar_path, token_dtype
 from scratchlm.tokenizer.tokenizer import Tokenizer
 from scratchlm.tokenizer.train import default_workers
@@ -32,8 +32,10 @@ def _init_worker(tok: Tokenizer) -> None:
     _worker_tok = tok
 
 
-def _encode_chunk(text: str, dtype: str) -> bytes:
-    return np.asarray(_worker_tok.encode(text), dtype=dtype).tobytes()
+def _encode_chunk(data: bytes, dtype: str) -> tuple[bytes, int]:
+    """Token ids of one chunk as raw `dtype` bytes, and its count of invalid UTF-8 bytes."""
+    text, invalid = decode_utf8(data)
+    return np.asarray(_worker_tok.encode(text), dtype=dtype).tobytes(), invalid
 
 
 def document_separator(tok: Tokenizer) -> str | None:
@@ -48,7 +50,7 @@ def encode_file(
     input_path: str | Path,
     output_path: str | Path,
     num_workers: int | None = None,
-    chunk_bytes: int = 1 << 22,
+    chunk_bytes: int = 1 << 20,
     progress: bool = False,
     overwrite: bool = False,
     tokenizer_source: str | None = None,
@@ -66,7 +68,7 @@ def encode_file(
     sep_id = tok.special_ids[sep] if sep is not None else None
     stats = ChunkStats()
     chunk_bytes = work_chunk_bytes(input_path.stat().st_size, workers, chunk_bytes)
-    chunks = iter_text_chunks(input_path, tok.special_tokens, chunk_bytes, stats)
+    chunks = iter_byte_chunks(input_path, tok.special_tokens, chunk_bytes, stats)
     count = docs = 0
     t0 = time.perf_counter()
     with (
@@ -74,8 +76,10 @@ def encode_file(
         progress_bar(progress, total=input_path.stat().st_size, desc="encode", unit="B", unit_scale=True) as bar,
     ):
 
-        def write(data: bytes) -> None:
+        def write(result: tuple[bytes, int]) -> None:
             nonlocal count, docs
+            data, invalid = result
+            stats.invalid_utf8 += invalid
             out.write(data)
             ids = np.frombuffer(data, dtype=dtype)
             count += ids.size
@@ -85,14 +89,14 @@ def encode_file(
 
         if workers == 1:
             _init_worker(tok)
-            for text in chunks:
-                write(_encode_chunk(text, dtype.str))
+            for data in chunks:
+                write(_encode_chunk(data, dtype.str))
         else:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(tok,)) as pool:
                 inflight: deque[Future] = deque()  # bounded, written back in order
-                for text in chunks:
-                    inflight.append(pool.submit(_encode_chunk, text, dtype.str))
+                for data in chunks:
+                    inflight.append(pool.submit(_encode_chunk, data, dtype.str))
                     if len(inflight) >= 2 * workers:
                         write(inflight.popleft().result())
                 while inflight:

@@ -26,7 +26,7 @@ from pathlib import Path
 from scratchlm.errors import ScratchLMError
 from scratchlm.io import check_input_file
 from scratchlm.progress import progress_bar
-from scratchlm.tokenizer.chunks import ChunkStats, iter_text_chunks, work_chunk_bytes
+from scratchlm.tokenizer.chunks import ChunkStats, decode_utf8, iter_byte_chunks, work_chunk_bytes
 from scratchlm.tokenizer.merge_loop import merge_loop
 from scratchlm.tokenizer.pretokenize import GPT2_PATTERN, compile_pattern, special_splitter, split_special
 
@@ -39,14 +39,15 @@ def _compiled(pattern: str, specials: tuple[str, ...]):
     return compile_pattern(pattern), special_splitter(specials)
 
 
-def count_chunk(text: str, specials: tuple[str, ...], pattern: str = GPT2_PATTERN) -> Counter[str]:
-    """Pre-token frequencies of one chunk (runs in a worker process)."""
+def count_chunk(data: bytes, specials: tuple[str, ...], pattern: str = GPT2_PATTERN) -> tuple[Counter[str], int]:
+    """Pre-token frequencies of one chunk, and its count of invalid UTF-8 bytes (runs in a worker)."""
+    text, invalid = decode_utf8(data)
     pat, splitter = _compiled(pattern, specials)
     counts: Counter[str] = Counter()
     for piece, is_special in split_special(text, splitter):
         if not is_special:
             counts.update(pat.findall(piece))
-    return counts
+    return counts, invalid
 
 
 def default_workers() -> int:
@@ -57,7 +58,7 @@ def count_pretokens_in_file(
     path: str | Path,
     special_tokens: Iterable[str] = (),
     num_workers: int | None = None,
-    chunk_bytes: int = 1 << 22,
+    chunk_bytes: int = 1 << 20,
     pattern: str = GPT2_PATTERN,
     progress: bool = False,
 ) -> Counter[str]:
@@ -67,29 +68,34 @@ def count_pretokens_in_file(
     workers = num_workers or default_workers()
     stats = ChunkStats()
     chunk_bytes = work_chunk_bytes(path.stat().st_size, workers, chunk_bytes)
-    chunks = iter_text_chunks(path, specials, chunk_bytes, stats)
+    chunks = iter_byte_chunks(path, specials, chunk_bytes, stats)
     total: Counter[str] = Counter()
+
+    def add(result: tuple[Counter[str], int]) -> None:
+        total.update(result[0])
+        stats.invalid_utf8 += result[1]
+
     with progress_bar(progress, total=path.stat().st_size, desc="pre-tokenize", unit="B", unit_scale=True) as bar:
 
         def advance() -> None:
             bar.update(stats.bytes_read - bar.n)
 
         if workers == 1:
-            for text in chunks:
-                total.update(count_chunk(text, specials, pattern))
+            for data in chunks:
+                add(count_chunk(data, specials, pattern))
                 advance()
         else:
             # A bounded number of chunks in flight keeps memory flat however large the file.
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
                 inflight: deque[Future] = deque()
-                for text in chunks:
-                    inflight.append(pool.submit(count_chunk, text, specials, pattern))
+                for data in chunks:
+                    inflight.append(pool.submit(count_chunk, data, specials, pattern))
                     if len(inflight) >= 2 * workers:
-                        total.update(inflight.popleft().result())
+                        add(inflight.popleft().result())
                     advance()
                 while inflight:
-                    total.update(inflight.popleft().result())
+                    add(inflight.popleft().result())
         advance()
     if stats.invalid_utf8:
         import logging
@@ -153,7 +159,7 @@ def train_bpe(
     special_tokens: Iterable[str] = ("<|endoftext|>",),
     *,
     num_workers: int | None = None,
-    chunk_bytes: int = 1 << 22,
+    chunk_bytes: int = 1 << 20,
     pattern: str = GPT2_PATTERN,
     progress: bool = False,
     backend: str = "auto",
