@@ -7,7 +7,9 @@
 Encoding = split out special tokens (longest match wins) -> GPT-2 regex -> BPE on each
 pre-token's bytes, applying the lowest-rank merge first, as in GPT-2's `encoder.py`. Pre-token
 ids are cached, and the hot loop is `chain(map(cache.__getitem__, findall(text)))`, so the
-Python-level work per token is one dict lookup.
+Python-level work per token is one dict lookup. With the compiled module and the GPT-2 pattern
+that whole loop runs in C (`_bpe_encode.encode_pretokens`: a hand-written scanner equal to the
+regex, fused with the cache lookups); the regex path remains the reference and the fallback.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from scratchlm.tokenizer.pretokenize import (
     special_splitter,
     split_special,
     stream_cut,
+    unicode_classes,
 )
 from scratchlm.tokenizer.train import check_special_tokens
 
@@ -31,6 +34,10 @@ try:
     from scratchlm.tokenizer._bpe_encode import Merger  # type: ignore[attr-defined]
 except ImportError:  # no compiler at install time: the Python reference below is used
     Merger = None
+try:  # imported apart from Merger: an extension built before it existed lacks it
+    from scratchlm.tokenizer._bpe_encode import encode_pretokens  # type: ignore[attr-defined]
+except ImportError:
+    encode_pretokens = None
 
 _CACHE_LIMIT = 1 << 20  # distinct pre-tokens remembered before the cache is cleared
 
@@ -103,6 +110,9 @@ class Tokenizer:
         self._splitter = special_splitter(self.special_tokens)
         self._max_special = max((len(s) for s in self.special_tokens), default=1)
         self._cache = _PretokenCache(self._bpe)
+        # The C scanner knows only the GPT-2 pattern; any other pattern goes through `regex`.
+        fused = encode_pretokens is not None and pattern == GPT2_PATTERN
+        self._classes: bytes | None = unicode_classes() if fused else None
         self._hash: str | None = None
 
     # ------------------------------------------------------------------ construction helpers
@@ -194,22 +204,27 @@ class Tokenizer:
             ids = out
         return tuple(ids)
 
-    def _encode_ordinary(self, text: str) -> Iterator[int]:
+    def _encode_ordinary(self, text: str, out: list[int]) -> None:
+        """Append the ids of `text` (no special tokens in it) to `out`."""
         cache = self._cache
         if len(cache) > _CACHE_LIMIT:
             cache.clear()
-        return chain.from_iterable(map(cache.__getitem__, self._pat.findall(text)))
+        if self._classes is not None:  # same ids as below, fused in C; misses still go through cache.__missing__
+            encode_pretokens(text, self._classes, cache, out)
+        else:
+            out.extend(chain.from_iterable(map(cache.__getitem__, self._pat.findall(text))))
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; special tokens in the text become their ids."""
-        if self._splitter is None:
-            return list(self._encode_ordinary(text))
         out: list[int] = []
+        if self._splitter is None:
+            self._encode_ordinary(text, out)
+            return out
         for piece, is_special in split_special(text, self._splitter):
             if is_special:
                 out.append(self.special_ids[piece])
             else:
-                out.extend(self._encode_ordinary(piece))
+                self._encode_ordinary(piece, out)
         return out
 
     def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:

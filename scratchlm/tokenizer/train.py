@@ -28,7 +28,7 @@ from scratchlm.io import check_input_file
 from scratchlm.progress import progress_bar
 from scratchlm.tokenizer.chunks import ChunkStats, decode_utf8, iter_byte_chunks, work_chunk_bytes
 from scratchlm.tokenizer.merge_loop import merge_loop
-from scratchlm.tokenizer.pretokenize import GPT2_PATTERN, compile_pattern, special_splitter, split_special
+from scratchlm.tokenizer.pretokenize import GPT2_PATTERN, findall_function, special_splitter, split_special
 
 Vocab = dict[int, bytes]
 Merges = list[tuple[bytes, bytes]]
@@ -36,17 +36,17 @@ Merges = list[tuple[bytes, bytes]]
 
 @lru_cache(maxsize=4)
 def _compiled(pattern: str, specials: tuple[str, ...]):
-    return compile_pattern(pattern), special_splitter(specials)
+    return findall_function(pattern), special_splitter(specials)
 
 
 def count_chunk(data: bytes, specials: tuple[str, ...], pattern: str = GPT2_PATTERN) -> tuple[Counter[str], int]:
     """Pre-token frequencies of one chunk, and its count of invalid UTF-8 bytes (runs in a worker)."""
     text, invalid = decode_utf8(data)
-    pat, splitter = _compiled(pattern, specials)
+    findall, splitter = _compiled(pattern, specials)
     counts: Counter[str] = Counter()
     for piece, is_special in split_special(text, splitter):
         if not is_special:
-            counts.update(pat.findall(piece))
+            counts.update(findall(piece))
     return counts, invalid
 
 
@@ -69,6 +69,7 @@ def count_pretokens_in_file(
     stats = ChunkStats()
     chunk_bytes = work_chunk_bytes(path.stat().st_size, workers, chunk_bytes)
     chunks = iter_byte_chunks(path, specials, chunk_bytes, stats)
+    _compiled(pattern, specials)  # build tables once, before forking: the workers inherit them
     total: Counter[str] = Counter()
 
     def add(result: tuple[Counter[str], int]) -> None:
