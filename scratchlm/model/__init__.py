@@ -1,11 +1,27 @@
 """The Transformer family: every architectural choice a config switch.
 
-from scratchlm.model import ModelConfig, TransformerLM
-model = TransformerLM(ModelConfig(d_model=256, n_layers=4, n_heads=4, mlp="swiglu"))
-logits = model(input_ids)  # (B, T) -> (B, T, V)
+    from scratchlm.model import ModelConfig, TransformerLM
+    model = TransformerLM(ModelConfig(d_model=256, n_layers=4, n_heads=4, mlp="swiglu"))
+    logits = model(input_ids)  # (B, T) -> (B, T, V)
+
+Names are imported on first use, so `scratchlm.model.config` (and the CLI) load without torch.
 """
 
-from scratchlm.model.config import MLAConfig, ModelConfig, MoEConfig, SSMConfig
-from scratchlm.model.transformer import ModelCache, TransformerLM
+import importlib
 
-__all__ = ["MLAConfig", "ModelCache", "ModelConfig", "MoEConfig", "SSMConfig", "TransformerLM"]
+_EXPORTS = {
+    "MLAConfig": "scratchlm.model.config",
+    "ModelConfig": "scratchlm.model.config",
+    "MoEConfig": "scratchlm.model.config",
+    "SSMConfig": "scratchlm.model.config",
+    "ModelCache": "scratchlm.model.transformer",
+    "TransformerLM": "scratchlm.model.transformer",
+    "generate": "scratchlm.model.generate",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'scratchlm.model' has no attribute {name!r}")

@@ -23,7 +23,7 @@ class RotaryEmbedding(nn.Module):
         self.head_dim, self.theta = head_dim, theta
         inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
-        self._build(max_len)
+        self._build(min(max_len, 4096))  # grown on demand: a 128k-context table per layer would cost GBs
 
     def _build(self, n: int) -> None:
         angles = torch.outer(torch.arange(n, dtype=torch.float64), self.inv_freq.double())  # (n, Dh/2)

@@ -54,8 +54,8 @@ class TransformerLM(nn.Module):
           depth (GPT-2, Radford et al. 2019);
         - biases 0; norm gains 1, norm biases 0;
         - the output head: tied to the embedding, or normal(0, s) when untied;
-        - parameters with an init of their own (SSM A/dt/B/C/D, MoE router, MLA latent norms) are
-          reset by their module's `reset_parameters()`, documented there.
+        - parameters with an init of their own (SSM A/dt/B/C/D, MoE experts and router) are reset
+          by their module's `reset_parameters()`, documented there.
         """
         s = self.config.init_std
         scaled = s / math.sqrt(2 * self.config.n_layers)
@@ -110,3 +110,16 @@ class TransformerLM(nn.Module):
     @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def from_hf(cls, path, dtype: torch.dtype = torch.float32) -> TransformerLM:
+        """Load a Hugging Face gpt2 / llama / mistral / qwen2 checkpoint directory (see `hf.py`)."""
+        from scratchlm.model.hf import load_hf
+
+        return load_hf(path, dtype)
+
+    def save_hf(self, path, model_type: str | None = None, overwrite: bool = False) -> str:
+        """Write a checkpoint directory `transformers` can load; returns the model_type chosen (see `hf.py`)."""
+        from scratchlm.model.hf import save_hf
+
+        return save_hf(self, path, model_type, overwrite)

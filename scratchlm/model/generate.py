@@ -1,0 +1,147 @@
+"""Autoregressive sampling from a TransformerLM: greedy, temperature, top-k, top-p (nucleus).
+
+    from scratchlm.model.generate import generate
+    ids = generate(model, [1, 2, 3], max_new_tokens=50, temperature=0.8, top_p=0.95, seed=0)
+
+With `use_cache=True` the prompt is prefilled once into `model.new_cache(...)` (KV caches, MLA
+latents, linear-attention and SSM states) and every new token costs one single-token forward;
+`use_cache=False` recomputes the whole prefix at every step and is the reference the cached path
+is tested against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from scratchlm.model.primitives import softmax
+
+
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Keep the k largest logits of the last dim (exactly k, ties broken by torch.topk), -inf elsewhere."""
+    k = min(k, logits.shape[-1])
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(k, dim=-1).indices, True)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filtering (Holtzman et al. 2020): keep the smallest set of most probable tokens whose
+    total probability is >= p, -inf elsewhere. A token is kept iff the tokens strictly more probable
+    than it (in sorted order) sum to < p, so the most probable token is always kept."""
+    probs, order = softmax(logits.float(), dim=-1).sort(dim=-1, descending=True)
+    before = probs.cumsum(dim=-1) - probs  # probability mass ahead of each sorted token
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, before < p)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def sample_next(
+    logits: Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator
+) -> Tensor:
+    """(B, V) logits -> (B,) token ids. temperature 0 = argmax; else scale by 1/temperature, then
+    top-k, then top-p, then draw from the softmax with `generator`."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    return torch.multinomial(softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+
+
+def _check_args(model, T: int, max_new_tokens: int, temperature, top_k, top_p, max_len: int | None) -> None:
+    cfg = model.config
+    if T < 1:
+        raise ValueError("the prompt must hold at least one token")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    max_len = max_len or cfg.context_length
+    if cfg.positions in ("learned", "sinusoidal") and max_len > cfg.context_length:
+        raise ValueError(
+            f"max_len={max_len} > context_length={cfg.context_length}: a model with {cfg.positions} "
+            "positions has no position beyond its context"
+        )
+    if T + max_new_tokens > max_len:
+        raise ValueError(
+            f"prompt of {T} tokens + max_new_tokens={max_new_tokens} = {T + max_new_tokens} > max_len={max_len}"
+            " (shorten the prompt or generate fewer tokens; RoPE/NoPE models accept a larger max_len)"
+        )
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt_ids: Sequence[int] | Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_tokens: Sequence[int] = (),
+    seed: int | None = None,
+    use_cache: bool = True,
+    max_len: int | None = None,
+) -> list[int] | Tensor:
+    """Continue `prompt_ids` by up to `max_new_tokens` tokens.
+
+    prompt_ids: a list of ints (one sequence) or a (B, T) integer tensor (B sequences of the same
+        length T >= 1; no padding).
+    Returns: for a list, a list: the prompt followed by the new tokens; for a tensor, a (B, T + n)
+        tensor on the model's device, the prompts followed by n <= max_new_tokens new tokens.
+    temperature: 0 = greedy (argmax; top_k, top_p and seed are then unused); > 0 divides the logits.
+    top_k, top_p: applied in that order after the temperature; None = off.
+    stop_tokens: generation of a sequence ends when it produces one of them; the stop token is
+        included in the output. In a batch, a finished row repeats its stop token while the others
+        continue, and generation ends when every row has finished (so n < max_new_tokens is possible).
+    seed: seeds the torch.Generator used for sampling, so equal seeds give equal samples; None
+        draws a fresh seed.
+    use_cache: True = prefill the prompt into `model.new_cache` and feed one token per step;
+        False = recompute the whole prefix at every step (slower, the reference).
+    max_len: longest prompt + new tokens, default `context_length`. Models with learned or
+        sinusoidal positions cannot exceed context_length; RoPE and NoPE models may. A prompt with
+        T + max_new_tokens > max_len raises ValueError before any compute.
+    The model runs in eval mode (no dropout) and gets its train/eval mode back afterwards.
+    """
+    as_list = not isinstance(prompt_ids, Tensor)
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.long) if as_list else prompt_ids
+    if ids.dim() != 2:
+        raise ValueError(f"prompt_ids must be a list of ints or a (B, T) tensor, got shape {tuple(ids.shape)}")
+    ids = ids.to(device=device, dtype=torch.long)
+    B, T = ids.shape
+    _check_args(model, T, max_new_tokens, temperature, top_k, top_p, max_len)
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    fill = torch.zeros(B, dtype=torch.long, device=device)  # the stop token each finished row repeats
+
+    was_training = model.training
+    model.eval()
+    try:
+        cache = model.new_cache(B, T + max_new_tokens) if use_cache else None
+        out = ids
+        logits = model(ids, cache=cache)  # (B, T, V)
+        for step in range(max_new_tokens):
+            nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B,)
+            nxt = torch.where(finished, fill, nxt)
+            out = torch.cat([out, nxt[:, None]], dim=1)  # (B, T + step + 1)
+            newly = ~finished & torch.isin(nxt, stops)
+            fill = torch.where(newly, nxt, fill)
+            finished |= newly
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                break
+            logits = model(nxt[:, None], cache=cache) if use_cache else model(out)
+    finally:
+        model.train(was_training)
+    return out[0].tolist() if as_list else out
