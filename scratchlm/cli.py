@@ -24,6 +24,7 @@ STAGES = {
     "quickstart": "scratchlm.quickstart",
     "data": "scratchlm.data.cli",
     "tokenizer": "scratchlm.tokenizer.cli",
+    "model": "scratchlm.model.cli",
 }
 
 

@@ -23,7 +23,8 @@ LAYER_KINDS = {
 @dataclass
 class MoEConfig:
     num_experts: int = 0  # 0 = dense feed-forward; >= 1 = Mixture of Experts in every layer
-    top_k: int = 2  # experts per token (softmax over the chosen experts' router logits)
+    top_k: int = 2  # experts per token
+    renormalize: bool = True  # gates sum to 1 over the chosen k (Mixtral); False keeps softmax probs (Switch)
     shared_expert: bool = False  # an always-on expert added to the routed output (DeepSeekMoE)
     d_expert: int = 0  # hidden size of each expert; 0 = the model's d_ff
     capacity_factor: float = 0.0  # 0 = dropless; c > 0: each expert takes <= c * tokens * top_k / E tokens
