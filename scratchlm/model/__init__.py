@@ -16,7 +16,6 @@ _EXPORTS = {
     "SSMConfig": "scratchlm.model.config",
     "ModelCache": "scratchlm.model.transformer",
     "TransformerLM": "scratchlm.model.transformer",
-    "generate": "scratchlm.model.generate",
 }
 __all__ = sorted(_EXPORTS)
 
