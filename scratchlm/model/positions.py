@@ -30,10 +30,14 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
+    def ensure(self, n: int) -> None:
+        """Make the table cover positions < n (called by the model with a Python int, so that
+        `forward` has no data-dependent branch: no graph break under torch.compile)."""
+        if n > self.cos.shape[0]:
+            self._build(max(n, 2 * self.cos.shape[0]))
+
     def forward(self, x: Tensor, pos: Tensor) -> Tensor:
-        """x: (B, H, T, Dh); pos: (T,) absolute positions."""
-        if int(pos.max()) >= self.cos.shape[0]:
-            self._build(max(int(pos.max()) + 1, 2 * self.cos.shape[0]))
+        """x: (B, H, T, Dh); pos: (T,) absolute positions, < the size given to `ensure`."""
         cos, sin = self.cos.to(x.device)[pos], self.sin.to(x.device)[pos]  # (T, Dh/2)
         x32 = x.float()
         x1, x2 = x32[..., : self.head_dim // 2], x32[..., self.head_dim // 2 :]
@@ -46,9 +50,11 @@ class LearnedPositions(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(trunc_normal_(torch.empty(max_len, dim), std))
 
+    def ensure(self, n: int) -> None:
+        if n > self.weight.shape[0]:
+            raise ValueError(f"position {n - 1} is beyond the {self.weight.shape[0]} learned positions")
+
     def forward(self, pos: Tensor) -> Tensor:  # (T,) -> (T, D)
-        if int(pos.max()) >= self.weight.shape[0]:
-            raise ValueError(f"position {int(pos.max())} beyond the {self.weight.shape[0]} learned positions")
         return self.weight[pos]
 
 
@@ -68,9 +74,11 @@ class SinusoidalPositions(nn.Module):
         pe[:, 1::2] = torch.cos(pos * div)[:, : self.dim // 2]
         self.register_buffer("pe", pe.float(), persistent=False)
 
+    def ensure(self, n: int) -> None:
+        if n > self.pe.shape[0]:
+            self._build(2 * n)
+
     def forward(self, pos: Tensor) -> Tensor:
-        if int(pos.max()) >= self.pe.shape[0]:
-            self._build(2 * int(pos.max()) + 1)
         return self.pe.to(pos.device)[pos]
 
 

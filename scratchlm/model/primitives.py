@@ -47,7 +47,9 @@ class Embedding(nn.Module):
         self.weight = nn.Parameter(trunc_normal_(torch.empty(num, dim), std))
 
     def forward(self, ids: Tensor) -> Tensor:
-        return self.weight[ids]
+        # index_select rather than weight[ids]: same rows, but its backward is an index_add
+        # (~5x faster on CPU than the accumulating index_put of advanced indexing).
+        return torch.index_select(self.weight, 0, ids.reshape(-1)).view(*ids.shape, -1)
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
@@ -116,13 +118,16 @@ def scaled_dot_product_attention(
 
 
 def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
-    """-log softmax(logits)[target] via log-sum-exp, in fp32. logits: (..., V), targets: (...)."""
+    """-log softmax(logits)[target] = logsumexp(logits) - logits[target], in fp32.
+
+    logits: (..., V), targets: (...). `torch.logsumexp` shifts by the row max before exponentiating
+    (stable for any logit size) and has a fused backward, so this costs about what F.cross_entropy
+    does; targets equal to `ignore_index` contribute 0 and are left out of the mean.
+    """
     logits = logits.float()
-    m = logits.amax(dim=-1, keepdim=True).detach()
-    lse = (m + torch.log(torch.exp(logits - m).sum(dim=-1, keepdim=True))).squeeze(-1)
     keep = targets != ignore_index
-    picked = logits.gather(-1, torch.where(keep, targets, 0).unsqueeze(-1)).squeeze(-1)
-    loss = torch.where(keep, lse - picked, torch.zeros_like(lse))
+    picked = logits.gather(-1, torch.where(keep, targets, 0).unsqueeze(-1)).squeeze(-1)  # (...)
+    loss = torch.where(keep, torch.logsumexp(logits, dim=-1) - picked, 0.0)
     if reduction == "none":
         return loss
     if reduction == "sum":

@@ -42,6 +42,9 @@ class TransformerLM(nn.Module):
         self.head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
+        # Modules whose position tables must cover the positions of a forward (plain list: they are
+        # registered in the tree already).
+        self._position_tables = [m for m in self.modules() if m is not self and hasattr(m, "ensure")]
         self.init_weights()
 
     @torch.no_grad()
@@ -87,8 +90,8 @@ class TransformerLM(nn.Module):
         """input_ids (B, T) -> logits (B, T, V). With `cache`, the tokens continue the cached ones."""
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
-        if cache is None and T > self.config.context_length and self.pos_embed is not None:
-            raise ValueError(f"sequence of {T} tokens is longer than context_length {self.config.context_length}")
+        for table in self._position_tables:  # grow RoPE/sinusoid tables, or refuse past learned positions
+            table.ensure(start + T)
         pos = torch.arange(start, start + T, device=input_ids.device)  # (T,)
         x = self.embed(input_ids)  # (B, T, D)
         if self.pos_embed is not None:

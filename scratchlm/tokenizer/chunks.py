@@ -22,6 +22,7 @@ from pathlib import Path
 import regex
 
 from scratchlm.io import check_input_file
+from scratchlm.tokenizer.pretokenize import stream_cut
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +60,8 @@ def special_bytes_splitter(special_tokens: Iterable[str]) -> re.Pattern | None:
 
 
 def byte_cut(buf: bytes, splitter: re.Pattern | None, keep: int) -> int:
-    """Where to end a chunk: after the last special token, or a safe boundary after it; 0 if none.
-
-    The last `keep` bytes are not cut into, nor a special token that ends in them: a longer
-    special token may still be arriving.
-    """
-    limit = len(buf) - keep
-    if limit <= 0:
-        return 0
-    last_end, bound = 0, limit
-    if splitter is not None:
-        for m in splitter.finditer(buf):
-            if m.end() > limit:
-                bound = min(bound, m.start())
-                break
-            last_end = m.end()
-    m = _SAFE_BYTE_CUT.search(buf, last_end, bound)
-    return m.start() if m and m.start() > 0 else last_end
+    """`pretokenize.stream_cut` on bytes: after the last special token, or a safe space after it."""
+    return stream_cut(buf, splitter, keep, _SAFE_BYTE_CUT)
 
 
 def work_chunk_bytes(file_bytes: int, workers: int, chunk_bytes: int) -> int:

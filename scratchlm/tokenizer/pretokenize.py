@@ -108,12 +108,13 @@ def last_safe_cut(text: str, end: int | None = None) -> int:
     return m.start() if m else 0
 
 
-def stream_cut(text: str, splitter: regex.Pattern | None, keep: int) -> int:
+def stream_cut(text, splitter, keep: int, safe_cut: regex.Pattern = _SAFE_CUT) -> int:
     """Where a stream may be cut so that both sides tokenize exactly as the whole; 0 if nowhere yet.
 
-    Candidates: just after the last special token, or a safe pre-token boundary after it. The last
-    `keep` characters (the longest special token) are never cut into, and neither is a special
-    token that ends in them: a longer special token may still be arriving.
+    Candidates: just after the last special token, or a safe pre-token boundary (`safe_cut`, the
+    last match before the bound) after it. The last `keep` characters (the longest special token)
+    are never cut into, and neither is a special token that ends in them: a longer special token
+    may still be arriving. Works on str, and on bytes given byte patterns (see `chunks.py`).
     """
     limit = len(text) - keep
     if limit <= 0:
@@ -125,4 +126,5 @@ def stream_cut(text: str, splitter: regex.Pattern | None, keep: int) -> int:
                 bound = min(bound, m.start())
                 break
             last_end = m.end()
-    return max(last_end, last_safe_cut(text, bound))
+    m = safe_cut.search(text, last_end, bound)
+    return m.start() if m and m.start() > 0 else last_end

@@ -147,5 +147,5 @@ def test_invalid_combinations_fail_at_construction(kw, message):
 
 def test_too_long_sequence_with_learned_positions():
     model = make(positions="learned")
-    with pytest.raises(ValueError, match="longer than context_length"):
+    with pytest.raises(ValueError, match="beyond the 32 learned positions"):
         model(torch.zeros(1, 33, dtype=torch.long))

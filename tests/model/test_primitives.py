@@ -119,7 +119,8 @@ def test_rope_rotates_relative_positions():
     dot = [(rope(q, torch.tensor([p + s])) * rope(k, torch.tensor([s]))).sum() for p, s in ((3, 0), (3, 7))]
     torch.testing.assert_close(dot[0], dot[1])  # depends only on the offset
     assert torch.allclose(rope(q, torch.tensor([0])), q)
-    assert rope(q, torch.tensor([40])).shape == q.shape  # beyond the table: grown on demand
+    rope.ensure(41)  # grown on demand, by the model, before a forward past the table
+    assert rope(q, torch.tensor([40])).shape == q.shape and rope.cos.shape[0] >= 41
 
 
 def test_sinusoidal_table():
