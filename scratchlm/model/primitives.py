@@ -117,17 +117,38 @@ def scaled_dot_product_attention(
     return probs @ v
 
 
-def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
-    """-log softmax(logits)[target] = logsumexp(logits) - logits[target], in fp32.
+class _CrossEntropy(torch.autograd.Function):
+    """Per-row -log softmax(x)[t] with the textbook gradient softmax(x) - onehot(t), written out:
+    the backward is one exp pass over the logits instead of autograd's chain of saved tensors."""
 
-    logits: (..., V), targets: (...). `torch.logsumexp` shifts by the row max before exponentiating
-    (stable for any logit size) and has a fused backward, so this costs about what F.cross_entropy
-    does; targets equal to `ignore_index` contribute 0 and are left out of the mean.
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, keep: Tensor) -> Tensor:  # (N, V), (N,), (N,)
+        lse = torch.logsumexp(logits, dim=-1)  # (N,): shifts by the row max, so any logit size is safe
+        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(logits, lse, targets, keep)
+        return torch.where(keep, lse - picked, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        logits, lse, targets, keep = ctx.saved_tensors
+        g = torch.exp(logits - lse.unsqueeze(-1))  # softmax, (N, V)
+        g[torch.arange(len(targets), device=g.device), targets] -= 1.0
+        g *= torch.where(keep, grad, 0.0).unsqueeze(-1)
+        return g, None, None
+
+
+def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """-log softmax(logits)[target] = logsumexp(logits) - logits[target], in fp32 (or fp64).
+
+    logits: (..., V), targets: (...). Targets equal to `ignore_index` contribute 0 and are left out
+    of the mean. Gradient: (softmax(logits) - onehot(target)) per row (`_CrossEntropy`).
     """
-    logits = logits.float()
-    keep = targets != ignore_index
-    picked = logits.gather(-1, torch.where(keep, targets, 0).unsqueeze(-1)).squeeze(-1)  # (...)
-    loss = torch.where(keep, torch.logsumexp(logits, dim=-1) - picked, 0.0)
+    V = logits.shape[-1]
+    flat_targets = targets.reshape(-1)
+    keep = flat_targets != ignore_index
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32)).reshape(-1, V)  # fp32 at least
+    loss = _CrossEntropy.apply(x, torch.where(keep, flat_targets, 0), keep)
+    loss = loss.view(targets.shape)
     if reduction == "none":
         return loss
     if reduction == "sum":

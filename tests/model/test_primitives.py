@@ -127,3 +127,17 @@ def test_sinusoidal_table():
     pe = SinusoidalPositions(10, 6)(torch.arange(10))
     assert torch.allclose(pe[0], torch.tensor([0.0, 1.0] * 3))
     assert torch.allclose(pe[:, 0], torch.sin(torch.arange(10.0)))
+
+
+def test_cross_entropy_gradient_matches_torch():
+    logits = (torch.randn(3, 5, 13) * 5).requires_grad_(True)
+    ref = logits.detach().clone().requires_grad_(True)
+    targets = torch.randint(0, 13, (3, 5))
+    targets[1, 2] = -100
+    weights = torch.randn(3, 5)
+    (cross_entropy(logits, targets, reduction="none") * weights).sum().backward()
+    (F.cross_entropy(ref.transpose(1, 2), targets, reduction="none") * weights).sum().backward()
+    torch.testing.assert_close(logits.grad, ref.grad)
+    assert torch.autograd.gradcheck(
+        lambda x: cross_entropy(x, targets[:, :2]), (torch.randn(3, 2, 13, dtype=torch.float64, requires_grad=True),)
+    )
