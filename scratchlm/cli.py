@@ -25,6 +25,7 @@ STAGES = {
     "data": "scratchlm.data.cli",
     "tokenizer": "scratchlm.tokenizer.cli",
     "model": "scratchlm.model.cli",
+    "train": "scratchlm.train.cli",
 }
 
 

@@ -1,0 +1,450 @@
+"""Checkpoints: one atomic directory per step, with pointers to the latest and the best.
+
+    run_dir/checkpoints/
+      step_0001000/
+        model.safetensors   model state_dict (tied weights stored once)
+        state.pt            optimizer, schedule, data position, RNG states
+        meta.json           format + version, step, config, metrics, size + sha256 of both files
+      latest.json           {"step": 1000, "dir": "step_0001000", "metrics": {...}}
+      best.json             the same, for the best evaluation so far
+
+    path = save_checkpoint(run_dir, step, model, opt, sched, loader.state_dict(), to_dict(cfg), {"val_loss": 3.2})
+    info = load_checkpoint(run_dir, model, opt, sched, restore_rng=True)  # latest; or a step_* dir
+    loader.load_state_dict(info["data_state"])
+
+A step directory is built under a temp name and renamed into place, and the pointers are
+rewritten atomically after it, so a crash mid-save leaves the previous checkpoint and pointers
+untouched. Loading verifies sizes and hashes first: a truncated file is an error naming it.
+Save from one process (rank 0) with a full (unsharded) model and optimizer state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import scratchlm
+from scratchlm.errors import ScratchLMError
+from scratchlm.io import atomic_dir, read_json, write_json
+
+CHECKPOINT_FORMAT = "scratchlm-checkpoint"
+CHECKPOINT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+_STEP_DIR = re.compile(r"step_(\d+)")
+_STALE_TMP = re.compile(r"\.step_\d+\..*\.(tmp|old)")  # left by a save killed mid-way
+
+# Config keys that may change when a run is resumed: they do not change what the model is trained
+# on or how it is evaluated. Every other difference is an error (see check_resume_config).
+RESUME_ALLOWED = (
+    "steps",
+    "eval_every",
+    "log_every",
+    "checkpoint_every",
+    "keep_last",
+    "time_limit_s",
+    "sample_tokens",
+    "sample_prompts",
+    "out_dir",
+    "device",
+    "compile",
+    "wandb",
+    "tensorboard",
+)
+_PATH_KEYS = ("data.train", "data.valid", "data.tokenizer")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile (`_orig_mod`) and DDP (`module`) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+# ---------------------------------------------------------------------------------------------
+# model weights
+
+
+def split_tied(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors safetensors can store (no shared memory) and {alias: stored name} for tied weights.
+
+    Two entries that are the same view of the same memory (a tied output head and embedding) are
+    stored once, under the first name; other entries sharing memory are copied.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    views: dict[tuple, str] = {}
+    storages: set[tuple] = set()
+    for name, t in state_dict.items():
+        t = t.detach()
+        if t.numel() == 0:
+            tensors[name] = t.clone()
+            continue
+        storage = (t.device, t.untyped_storage().data_ptr())
+        view = (*storage, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if view in views:
+            aliases[name] = views[view]
+            continue
+        views[view] = name
+        tensors[name] = t.clone() if storage in storages else t.contiguous()
+        storages.add(storage)
+    return tensors, aliases
+
+
+def _load_weights(path: Path, model: nn.Module, aliases: dict[str, str], map_location) -> None:
+    """Load model.safetensors into `model` strictly, with an error listing every mismatch."""
+    device = map_location if isinstance(map_location, (str, int)) else str(torch.device(map_location))
+    try:
+        sd = load_file(path, device=device)
+    except Exception as e:  # safetensors raises its own types for a bad header or a short file
+        raise ScratchLMError(f"{path} is not a readable safetensors file ({e})") from None
+    for alias, name in aliases.items():
+        if name in sd:
+            sd[alias] = sd[name]
+    target = unwrap_model(model)
+    expected = target.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    shapes = [
+        f"{k} {tuple(sd[k].shape)} (model {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in sd and v.shape != sd[k].shape
+    ]
+    problems = []
+    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if keys:
+            problems.append(f"{what}: {', '.join(keys[:8])}{f' (+{len(keys) - 8} more)' if len(keys) > 8 else ''}")
+    # A tied model loading an untied checkpoint would keep one of the two matrices silently.
+    _, model_ties = split_tied(expected)
+    for alias, name in model_ties.items():
+        if alias in sd and name in sd and not torch.equal(sd[alias], sd[name]):
+            problems.append(f"the model ties {alias} to {name} but the checkpoint has them different")
+    if problems:
+        raise ScratchLMError(f"checkpoint {path} does not fit the model: {'; '.join(problems)}")
+    target.load_state_dict(sd, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG states
+
+
+def rng_state() -> dict[str, Any]:
+    """Python `random`, numpy's global generator, torch CPU and (if present) every CUDA device."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        "numpy": {  # plain types and tensors only, so state.pt loads with torch.load(weights_only=True)
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": n["bit_generator"],
+            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+            "has_gauss": n["has_gauss"],
+            "gauss": n["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+# ---------------------------------------------------------------------------------------------
+# save
+
+
+def _sha256(path: Path, fsync: bool = False) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+        if fsync:
+            os.fsync(f.fileno())
+    return h.hexdigest()
+
+
+def _file_info(path: Path) -> dict[str, Any]:
+    # fsync: the directory rename that publishes the checkpoint must not reach the disk before the data.
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path, fsync=True)}
+
+
+def _jsonable(x: Any) -> Any:
+    """Metrics as JSON: tensors / numpy scalars to numbers, NaN/inf to None."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return _jsonable(x.item() if x.numel() == 1 else x.tolist())
+    if isinstance(x, (np.ndarray, np.generic)):
+        return _jsonable(x.item() if x.size == 1 else x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    schedule: Any = None,
+    data_state: Any = None,
+    config_dict: dict | None = None,
+    metrics: dict | None = None,
+    keep_last: int = 2,
+    is_best: bool = False,
+) -> Path:
+    """Write `run_dir/checkpoints/step_{step:07d}/` atomically, update the pointers, prune old steps.
+
+    `schedule` is anything with `state_dict()` (or None); `data_state` any torch-saveable value
+    of plain types (the loader's `state_dict()`). Keeps the `keep_last` newest step directories
+    and the best one. Returns the step directory.
+    """
+    if keep_last < 1:
+        raise ScratchLMError(f"keep_last must be >= 1, got {keep_last}")
+    root = Path(run_dir) / "checkpoints"
+    name = step_dir_name(step)
+    metrics = _jsonable(metrics or {})
+    with atomic_dir(root / name, overwrite=True) as tmp:
+        tensors, aliases = split_tied(unwrap_model(model).state_dict())
+        save_file(tensors, tmp / MODEL_FILE, metadata={"format": CHECKPOINT_FORMAT, "aliases": json.dumps(aliases)})
+        del tensors
+        state = {
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "schedule": schedule.state_dict() if schedule is not None else None,
+            "data": data_state,
+            "rng": rng_state(),
+        }
+        torch.save(state, tmp / STATE_FILE)
+        del state
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "scratchlm_version": scratchlm.__version__,
+            "torch_version": torch.__version__,
+            "step": step,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "metrics": metrics,
+            "tied": aliases,
+            "files": {f: _file_info(tmp / f) for f in (MODEL_FILE, STATE_FILE)},
+            "config": config_dict or {},
+        }
+        write_json(tmp / META_FILE, meta)
+    pointer = {"step": step, "dir": name, "metrics": metrics}
+    write_json(root / "latest.json", pointer)
+    if is_best:
+        write_json(root / "best.json", pointer)
+    _prune(root, keep_last, keep=name)
+    return root / name
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Step directories of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    dirs = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.fullmatch(p.name)] if root.is_dir() else []
+    return sorted(dirs, key=lambda p: int(_STEP_DIR.fullmatch(p.name).group(1)))
+
+
+def _pointer_dir(root: Path, which: str) -> str | None:
+    path = root / f"{which}.json"
+    if not path.is_file():
+        return None
+    pointer = read_json(path, f"{which}-checkpoint pointer")
+    return pointer.get("dir") if isinstance(pointer, dict) else None
+
+
+def _prune(root: Path, keep_last: int, keep: str) -> None:
+    steps = list_checkpoints(root.parent)
+    kept = {p.name for p in steps[-keep_last:]} | {keep, _pointer_dir(root, "best"), _pointer_dir(root, "latest")}
+    for p in steps:
+        if p.name not in kept:
+            shutil.rmtree(p, ignore_errors=True)
+    for p in root.iterdir():
+        if p.is_dir() and _STALE_TMP.fullmatch(p.name):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# load
+
+
+def find_checkpoint(path: str | Path, which: Literal["latest", "best"] = "latest") -> Path:
+    """A step directory from itself, a run directory or its checkpoints/ directory (via `which`.json)."""
+    path = Path(path)
+    if not path.exists():
+        raise ScratchLMError(f"checkpoint not found: {path}")
+    if (path / META_FILE).is_file():
+        return path
+    for root in (path / "checkpoints", path):
+        name = _pointer_dir(root, which)
+        if name is not None:
+            if not (root / name / META_FILE).is_file():
+                raise ScratchLMError(
+                    f"{root / f'{which}.json'} points to {root / name}, which is missing or incomplete"
+                )
+            return root / name
+    raise ScratchLMError(
+        f"no checkpoint in {path}: expected a step directory (with {META_FILE}) or a run directory "
+        f"with checkpoints/{which}.json"
+    )
+
+
+def read_checkpoint_meta(step_dir: Path, verify: bool = True) -> dict:
+    """meta.json of a step directory, checked for format and version; with `verify`, file sizes and hashes."""
+    meta = read_json(step_dir / META_FILE, "checkpoint meta.json")
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise ScratchLMError(
+            f"{step_dir} is not a scratchlm checkpoint ({META_FILE} has no format {CHECKPOINT_FORMAT!r})"
+        )
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise ScratchLMError(
+            f"{step_dir} is checkpoint version {meta.get('version')}; this scratchlm reads version {CHECKPOINT_VERSION}"
+        )
+    for name, info in meta.get("files", {}).items():
+        path = step_dir / name
+        if not path.is_file():
+            raise ScratchLMError(f"checkpoint file missing: {path}")
+        size = path.stat().st_size
+        if size != info["bytes"]:
+            raise ScratchLMError(
+                f"checkpoint file {path} has {size} bytes, expected {info['bytes']}: truncated or replaced"
+            )
+        if verify and _sha256(path) != info["sha256"]:
+            raise ScratchLMError(f"checkpoint file {path} is corrupt (sha256 differs from {META_FILE})")
+    return meta
+
+
+def load_weights(
+    path: str | Path, model: nn.Module, map_location: str | torch.device = "cpu", verify: bool = True
+) -> dict:
+    """Load only the model weights of a checkpoint (for evaluation or inference). Returns its meta."""
+    step_dir = find_checkpoint(path)
+    meta = read_checkpoint_meta(step_dir, verify)
+    _load_weights(step_dir / MODEL_FILE, model, meta.get("tied", {}), map_location)
+    return meta
+
+
+def load_checkpoint(
+    path_or_run_dir: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    schedule: Any = None,
+    map_location: str | torch.device = "cpu",
+    restore_rng: bool = False,
+    which: Literal["latest", "best"] = "latest",
+    verify: bool = True,
+) -> dict:
+    """Restore a checkpoint into `model` (and `optimizer`, `schedule`, the RNGs when given/asked).
+
+    `path_or_run_dir`: a step directory, or a run directory (its `which` pointer). Returns
+    {"step", "data_state", "metrics", "config", "path", "meta"}.
+    """
+    step_dir = find_checkpoint(path_or_run_dir, which)
+    meta = read_checkpoint_meta(step_dir, verify)
+    _load_weights(step_dir / MODEL_FILE, model, meta.get("tied", {}), map_location)
+    try:
+        state = torch.load(step_dir / STATE_FILE, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ScratchLMError(f"cannot read {step_dir / STATE_FILE}: {e}") from None
+    for what, obj in (("optimizer", optimizer), ("schedule", schedule)):
+        if obj is None:
+            continue
+        if state.get(what) is None:
+            raise ScratchLMError(f"{step_dir} has no {what} state to restore (it was saved without one)")
+        try:
+            obj.load_state_dict(state[what])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise ScratchLMError(f"the {what} state of {step_dir} does not fit this {what}: {e}") from None
+    if restore_rng:
+        set_rng_state(state["rng"])
+    return {
+        "step": meta["step"],
+        "data_state": state.get("data"),
+        "metrics": meta.get("metrics", {}),
+        "config": meta.get("config", {}),
+        "path": step_dir,
+        "meta": meta,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# resuming
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    try:
+        return bool(a) and bool(b) and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_resume_config(saved: dict, current: dict, allow: tuple[str, ...] = ()) -> None:
+    """Error listing every config key that differs between a checkpoint and the resuming run.
+
+    Keys in RESUME_ALLOWED (and `allow`, dotted) may differ: extending `steps`, intervals, the
+    time limit, logging and the device. Paths of data files compare equal if they name the same file.
+    """
+    a, b = _flatten(saved), _flatten(current)
+    allowed = set(RESUME_ALLOWED) | set(allow)
+    missing = "<absent>"
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if key in allowed or va == vb or (key in _PATH_KEYS and _same_path(va, vb)):
+            continue
+        if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and float(va) == float(vb):
+            continue
+        diffs.append(f"{key} ({va!r} -> {vb!r})")
+    if diffs:
+        raise ScratchLMError(
+            f"cannot resume: the config differs from the checkpoint's in {', '.join(diffs)}. Resume with the saved "
+            f"values or start a new run (another out_dir); free to change: {', '.join(RESUME_ALLOWED)}"
+        )
