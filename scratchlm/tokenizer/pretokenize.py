@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 
@@ -90,16 +89,6 @@ def split_special(text: str, splitter: regex.Pattern | None) -> Iterator[tuple[s
         pos = m.end()
     if pos < len(text):
         yield text[pos:], False
-
-
-def count_pretokens(text: str, special_tokens: Iterable[str] = (), pattern: str = GPT2_PATTERN) -> Counter[str]:
-    """Frequencies of the pre-tokens of `text`, special tokens removed (they split the text)."""
-    pat = compile_pattern(pattern)
-    counts: Counter[str] = Counter()
-    for piece, is_special in split_special(text, special_splitter(special_tokens)):
-        if not is_special:
-            counts.update(pat.findall(piece))
-    return counts
 
 
 def last_safe_cut(text: str, end: int | None = None) -> int:
