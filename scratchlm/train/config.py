@@ -66,6 +66,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 0  # steps between checkpoints; 0 = at evals and at the end
     keep_last: int = 2  # checkpoints kept besides the best one
+    noise_scale: bool = True  # log the gradient noise scale B_simple (needs grad_accum >= 2; train/noise_scale.py)
     time_limit_s: float = 0.0  # stop (with a checkpoint) after this much training time; 0 = none
     wandb: bool = False  # log to Weights & Biases if installed
     tensorboard: bool = False  # log to TensorBoard if installed

@@ -153,6 +153,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     from scratchlm.train.data import RandomWindows, TokenData
     from scratchlm.train.losses import lm_loss
     from scratchlm.train.metrics import MetricsLogger, format_progress, peak_flops, plot_loss_curve
+    from scratchlm.train.noise_scale import NoiseScale, grad_sq_norm
     from scratchlm.train.optim import build_optimizer, clip_grad_norm
     from scratchlm.train.schedules import Schedule
 
@@ -182,6 +183,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     schedule = Schedule(optimizer, cfg.schedule, cfg.steps)
     start = 0
     best = math.inf
+    # small batch = this process's first micro-batch, big batch = the whole step (see noise_scale.py)
+    gns = None
+    if cfg.noise_scale and cfg.grad_accum > 1:
+        gns = NoiseScale(cfg.batch_size * cfg.context, cfg.tokens_per_step * ctx.world)
     if resume:
         saved = ckpt.read_checkpoint_meta(ckpt.find_checkpoint(run_dir))["config"]
         ckpt.check_resume_config(saved, to_dict(cfg))  # before loading: a clear message, not a shape error
@@ -190,6 +195,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
         start = state["step"]
         saved_best = (state.get("metrics") or {}).get("best_val_loss")
         best = math.inf if saved_best is None else saved_best
+        if gns is not None and (state.get("metrics") or {}).get("gns_state"):
+            gns.load_state_dict(state["metrics"]["gns_state"])
         log.info("resumed %s at step %d", run_dir, start)
     if ctx.main:
         with atomic_write(run_dir / "config.toml", "w", encoding="utf-8") as f:
@@ -216,9 +223,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
 
     def save(step: int, extra: dict, is_best: bool = False) -> None:
         if ctx.main:
+            extra = {**extra, "best_val_loss": best, "gns_state": gns.state_dict() if gns else None}
             ckpt.save_checkpoint(
                 run_dir, step, model, optimizer, schedule, loader.state_dict(), to_dict(cfg),
-                {**extra, "best_val_loss": best}, keep_last=cfg.keep_last, is_best=is_best,
+                extra, keep_last=cfg.keep_last, is_best=is_best,
             )  # fmt: skip
 
     def evaluate(step: int) -> dict:
@@ -257,6 +265,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
                 loss = loss + model.aux_loss()
             scaler.scale(loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()
+            if gns is not None and micro == 0:  # the gradient of one micro-batch, unscaled
+                sq_small = grad_sq_norm(model.parameters()) * (cfg.grad_accum / scaler.get_scale()) ** 2
         loss_value = float(loss_sum) / cfg.grad_accum
         if ctx.world > 1:  # log the global mean, which equals the 1-process loss
             from scratchlm.distributed.ddp import all_reduce_mean
@@ -269,6 +279,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
                 f"{latest} (resume with a lower optim.lr or more warmup)"
             )
         scaler.unscale_(optimizer)
+        if gns is not None:
+            sq_big = grad_sq_norm(model.parameters())
+            if math.isfinite(sq_small) and math.isfinite(sq_big):  # fp16 overflow steps are skipped
+                gns.update(sq_small, sq_big)
         grad_norm = clip_grad_norm(model.parameters(), cfg.optim.grad_clip) if cfg.optim.grad_clip > 0 else None
         scaler.step(optimizer)
         scaler.update()
@@ -282,9 +296,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
             mfu = tps * train_flops / peak if peak else 0.0
             eta = (cfg.steps - done) * cfg.tokens_per_step * ctx.world / max(tps, 1e-9)
             record = {"kind": "train", "step": done, "tokens": done * cfg.tokens_per_step * ctx.world}
-            record.update(loss=loss_value, lr=lr, tokens_per_s=tps, mfu=mfu)
+            # cpu_s: this process's CPU time; its ratio to wall time shows a machine shared with other work
+            record.update(loss=loss_value, lr=lr, tokens_per_s=tps, mfu=mfu, cpu_s=round(time.process_time(), 3))
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
+            if gns is not None:
+                record.update(gns.value())
             metrics.log(record)
             if progress:
                 print(format_progress(done, cfg.steps, loss_value, lr, tps, mfu, eta), flush=True)
@@ -297,6 +314,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
             stopped = "time_limit"
             break
 
+    train_seconds = time.perf_counter() - t_start  # the loop, with its periodic evals; without the last one
     last_eval = evaluate(done)
     elapsed = time.perf_counter() - t_start
     summary = {
@@ -304,6 +322,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
         "stopped": stopped,
         "tokens": done * cfg.tokens_per_step * ctx.world,
         "seconds": round(elapsed, 2),
+        "train_seconds": round(train_seconds, 2),
         "params": sum(p.numel() for p in model.parameters()),
         "train_flops_per_token": train_flops,
         "final_loss": loss_value,
