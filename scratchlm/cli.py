@@ -26,6 +26,7 @@ STAGES = {
     "tokenizer": "scratchlm.tokenizer.cli",
     "model": "scratchlm.model.cli",
     "train": "scratchlm.train.cli",
+    "scaling": "scratchlm.scaling.cli",
 }
 
 
