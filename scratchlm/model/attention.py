@@ -5,6 +5,8 @@ window).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -76,6 +78,12 @@ class CausalSelfAttention(nn.Module):
         self.rope = RotaryEmbedding(cfg.dh, cfg.context_length, cfg.rope_theta) if cfg.positions == "rope" else None
         self.dropout = cfg.dropout_attn
         self.own = cfg.attn_backend == "own"
+        # scratchlm.kernels' attention for full causal attention (no cache, no window, no dropout), else None.
+        self.kernel = None
+        if cfg.attn_backend not in ("sdpa", "own"):
+            from scratchlm.kernels.attention import attention  # imported here: (optional) triton loads only when used
+
+            self.kernel = functools.partial(attention, backend=cfg.attn_backend)
 
     def new_cache(self, batch: int, max_len: int, device, dtype) -> KVCache:
         return KVCache(batch, self.kv_heads, self.head_dim, max_len, self.window, device, dtype)
@@ -99,6 +107,8 @@ class CausalSelfAttention(nn.Module):
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
         p = self.dropout if self.training else 0.0
+        if self.kernel is not None and mask is None and p == 0.0:
+            return self.kernel(q, k, v, causal=causal)
         if not self.own:
             return F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=causal, dropout_p=p, enable_gqa=self.kv_heads != self.n_heads

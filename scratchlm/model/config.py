@@ -64,7 +64,8 @@ class ModelConfig:
     head_dim: int = 0  # 0 = d_model // n_heads
     d_ff: int = 0  # 0 = 4 * d_model (dense) or 8/3 * d_model rounded up to a multiple of 64 (gated)
     mlp: Literal["relu", "gelu", "gelu_tanh", "relu2", "swiglu", "geglu"] = "swiglu"
-    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    # "rmsnorm_fused": the same RMSNorm, forward + backward through scratchlm.kernels.rms_norm (Triton on CUDA)
+    norm: Literal["rmsnorm", "layernorm", "rmsnorm_fused"] = "rmsnorm"
     norm_placement: Literal["pre", "post", "sandwich"] = "pre"
     norm_eps: float = 1e-5
     qk_norm: bool = False  # normalise q and k per head before the dot product (same norm type)
@@ -75,7 +76,13 @@ class ModelConfig:
     window: int = 0  # sliding-window size for S layers (a token sees itself and window-1 before it)
     linear_feature_map: Literal["elu", "relu"] = "elu"  # phi of linear attention: elu(x)+1 (Katharopoulos 2020)
     linear_chunk: int = 64  # chunk length of the O(T) chunked linear-attention form
-    attn_backend: Literal["sdpa", "own"] = "sdpa"  # torch SDPA or scratchlm's own softmax attention
+    # Softmax attention's inner product: "sdpa" (torch), "own" (scratchlm's primitives, full T x T scores), or a
+    # scratchlm.kernels backend: "auto" (FlashAttention-2 Triton kernels on CUDA, else SDPA), "triton", "reference"
+    # (tiled PyTorch FlashAttention-2, O(T) memory), "naive". The kernel backends cover full causal attention;
+    # sliding-window layers, KV-cached generation and attention dropout ("auto" only) go through SDPA.
+    attn_backend: Literal["sdpa", "own", "auto", "triton", "reference", "naive"] = "sdpa"
+    fused_swiglu: bool = False  # silu(gate) * up as one kernel (scratchlm.kernels.swiglu); needs mlp="swiglu", no MoE
+    fused_loss: bool = False  # TransformerLM.loss: chunked head + cross-entropy, never the (tokens x V) logits
     bias: bool = False  # biases in every linear layer and LayerNorm (GPT-2)
     qkv_bias: bool = False  # biases in the q/k/v projections only (Qwen2)
     tie_embeddings: bool = True  # output head shares the token embedding matrix
@@ -146,6 +153,13 @@ class ModelConfig:
             bad("qk_norm is not supported with linear attention")
         if self.linear_chunk < 1:
             bad(f"linear_chunk must be >= 1, got {self.linear_chunk}")
+        kernel_attn = self.attn_backend not in ("sdpa", "own")
+        if kernel_attn and self.attention == "mla":
+            bad(f"attn_backend={self.attn_backend!r} is for softmax attention; MLA takes 'sdpa' or 'own'")
+        if kernel_attn and self.attn_backend != "auto" and self.dropout_attn > 0:
+            bad(f"attn_backend={self.attn_backend!r} has no attention dropout; use 'auto' or 'sdpa' with dropout_attn")
+        if self.fused_swiglu and (self.mlp != "swiglu" or self.moe.num_experts):
+            bad("fused_swiglu needs mlp='swiglu' and a dense MLP (MoE experts are not fused)")
         moe = self.moe
         if moe.num_experts < 0 or (moe.num_experts and not 1 <= moe.top_k <= moe.num_experts):
             bad(f"MoE top_k={moe.top_k} must be between 1 and num_experts={moe.num_experts}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from torch import Tensor, nn
 
 from scratchlm.model.config import ModelConfig
@@ -21,18 +23,32 @@ class DenseMLP(nn.Module):
         return self.down(self.act(self.up(x)))
 
 
-class GatedMLP(nn.Module):
-    """down(act(gate(x)) * up(x)) (Shazeer 2020, 'GLU Variants Improve Transformer')."""
+def _act_times(act, gate: Tensor, up: Tensor) -> Tensor:
+    return act(gate) * up
 
-    def __init__(self, d_model: int, d_ff: int, activation: str, bias: bool = False):
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)) (Shazeer 2020, 'GLU Variants Improve Transformer').
+
+    `fused` (SwiGLU only): act(gate) * up through `scratchlm.kernels.swiglu`, one kernel each way."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str, bias: bool = False, fused: bool = False):
         super().__init__()
         self.gate = Linear(d_model, d_ff, bias)
         self.up = Linear(d_model, d_ff, bias)
         self.down = Linear(d_ff, d_model, bias, residual_out=True)
         self.act = ACTIVATIONS[activation]
+        if fused and activation != "silu":
+            raise ValueError(f"the fused gated MLP is SwiGLU (silu), not {activation!r}")
+        if fused:
+            from scratchlm.kernels.swiglu import swiglu  # imported here: (optional) triton loads only when used
+
+            self.act_times = swiglu
+        else:
+            self.act_times = functools.partial(_act_times, self.act)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(self.act(self.gate(x)) * self.up(x))
+        return self.down(self.act_times(self.gate(x), self.up(x)))
 
 
 # config name -> (class, activation)
@@ -46,11 +62,13 @@ MLPS = {
 }
 
 
-def build_ffn(name: str, d_model: int, d_ff: int, bias: bool) -> nn.Module:
+def build_ffn(name: str, d_model: int, d_ff: int, bias: bool, fused: bool = False) -> nn.Module:
     if name not in MLPS:
         raise ValueError(f"unknown mlp {name!r}: expected one of {', '.join(MLPS)}")
+    if fused and name != "swiglu":
+        raise ValueError(f"only swiglu has a fused kernel, not mlp {name!r}")
     cls, act = MLPS[name]
-    return cls(d_model, d_ff, act, bias)
+    return cls(d_model, d_ff, act, bias, fused=True) if fused else cls(d_model, d_ff, act, bias)
 
 
 def build_mlp(cfg: ModelConfig) -> nn.Module:
@@ -59,4 +77,4 @@ def build_mlp(cfg: ModelConfig) -> nn.Module:
         from scratchlm.model.moe import MoE
 
         return MoE(cfg)
-    return build_ffn(cfg.mlp, cfg.d_model, cfg.ff_dim, cfg.bias)
+    return build_ffn(cfg.mlp, cfg.d_model, cfg.ff_dim, cfg.bias, cfg.fused_swiglu)

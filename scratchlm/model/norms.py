@@ -42,7 +42,21 @@ class LayerNorm(nn.Module):
         return y.to(x.dtype)
 
 
-NORMS = {"rmsnorm": RMSNorm, "layernorm": LayerNorm}
+class FusedRMSNorm(RMSNorm):
+    """RMSNorm through `scratchlm.kernels.rms_norm`: one Triton kernel each way on CUDA, a PyTorch
+    autograd.Function that saves only x and 1/rms elsewhere. Same parameters and results as RMSNorm."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = False):
+        super().__init__(dim, eps, bias)
+        from scratchlm.kernels.rmsnorm import rms_norm  # imported here: (optional) triton loads only when used
+
+        self.rms_norm = rms_norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rms_norm(x, self.weight, self.bias, self.eps)
+
+
+NORMS = {"rmsnorm": RMSNorm, "layernorm": LayerNorm, "rmsnorm_fused": FusedRMSNorm}
 
 
 def build_norm(name: str, dim: int, eps: float, bias: bool) -> nn.Module:

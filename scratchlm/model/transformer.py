@@ -18,7 +18,7 @@ from scratchlm.model.block import Block
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.norms import LayerNorm, RMSNorm, build_norm
 from scratchlm.model.positions import LearnedPositions, build_absolute_positions
-from scratchlm.model.primitives import Embedding, Linear, trunc_normal_
+from scratchlm.model.primitives import Embedding, Linear, cross_entropy, trunc_normal_
 
 
 class ModelCache:
@@ -86,8 +86,32 @@ class TransformerLM(nn.Module):
         layers = [b.mixer.new_cache(batch, max_len, p.device, p.dtype) for b in self.blocks]
         return ModelCache(layers, max_len)
 
-    def forward(self, input_ids: Tensor, cache: ModelCache | None = None) -> Tensor:
-        """input_ids (B, T) -> logits (B, T, V). With `cache`, the tokens continue the cached ones."""
+    def forward(self, input_ids: Tensor, cache: ModelCache | None = None, targets: Tensor | None = None) -> Tensor:
+        """input_ids (B, T) -> logits (B, T, V). With `cache`, the tokens continue the cached ones.
+
+        With `targets` (B, T): the mean cross-entropy instead (see `loss`), so that DDP and torch.compile
+        wrappers, which only know `forward`, can run the fused head + loss."""
+        h = self.hidden(input_ids, cache)  # (B, T, D)
+        if targets is not None:
+            return self._loss(h, targets)
+        return self.head(h)  # (B, T, V)
+
+    def loss(self, input_ids: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
+        """Mean next-token cross-entropy of (B, T) inputs against (B, T) targets (ignore_index skipped).
+
+        With `fused_loss` the head and the loss run in row chunks (`scratchlm.kernels.linear_cross_entropy`)
+        and the (B*T, V) logits never exist, in the forward or the backward."""
+        return self._loss(self.hidden(input_ids), targets, ignore_index)
+
+    def _loss(self, h: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
+        if self.config.fused_loss:
+            from scratchlm.kernels.linear_cross_entropy import linear_cross_entropy
+
+            return linear_cross_entropy(h, self.head.weight, targets, ignore_index)
+        return cross_entropy(self.head(h), targets, ignore_index=ignore_index)
+
+    def hidden(self, input_ids: Tensor, cache: ModelCache | None = None) -> Tensor:
+        """input_ids (B, T) -> the final hidden states (B, T, D), after the final norm: what the head reads."""
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
         for table in self._position_tables:  # grow RoPE/sinusoid tables, or refuse past learned positions
@@ -101,7 +125,7 @@ class TransformerLM(nn.Module):
             x = block(x, pos, cache.layers[i] if cache is not None else None)
         if cache is not None:
             cache.length += T
-        return self.head(self.norm(x))  # (B, T, V)
+        return self.norm(x)  # (B, T, D)
 
     def aux_loss(self) -> Tensor:
         """Sum of the auxiliary losses (MoE load balancing, router z-loss) of the last forward."""

@@ -96,5 +96,7 @@ class TrainConfig:
             bad("schedule.warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
         if not 0 < self.schedule.decay_fraction <= 1:
             bad(f"schedule.decay_fraction must be in (0, 1], got {self.schedule.decay_fraction}")
+        if self.model.fused_loss and self.optim.z_loss:
+            bad("optim.z_loss needs the logits, which model.fused_loss never builds: use one of them")
         if self.keep_last < 1:
             bad(f"keep_last must be >= 1, got {self.keep_last}")

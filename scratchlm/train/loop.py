@@ -260,8 +260,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
             x, y = xs[rows].to(ctx.device), ys[rows].to(ctx.device)
             sync = micro == cfg.grad_accum - 1 or ctx.world == 1
             with contextlib.nullcontext() if sync else fwd_model.no_sync(), autocast_context(cfg.precision, ctx.device):
-                logits = fwd_model(x)
-                loss, _ = lm_loss(logits, y, cfg.optim.z_loss)
+                if cfg.model.fused_loss:  # chunked head + loss: the (tokens x V) logits never exist
+                    loss = fwd_model(x, targets=y)
+                else:
+                    loss, _ = lm_loss(fwd_model(x), y, cfg.optim.z_loss)
                 loss = loss + model.aux_loss()
             scaler.scale(loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import shared_file
+from shared_data import shared_file
 from web_helpers import ENGLISH, write_fasttext
 
 from scratchlm.data import (

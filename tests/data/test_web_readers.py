@@ -7,7 +7,7 @@ import io
 import json
 
 import pytest
-from conftest import shared_file
+from shared_data import shared_file
 from web_helpers import ENGLISH, html_page, warc_record, write_jsonl, write_warc
 
 from scratchlm.data.gzip_stream import GzipMembers

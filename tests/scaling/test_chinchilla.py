@@ -9,7 +9,7 @@ refit. Skips without ../shared/data.
 from __future__ import annotations
 
 import numpy as np
-from conftest import shared_file
+from shared_data import shared_file
 
 from scratchlm.scaling.fit import fit_runs
 from scratchlm.scaling.runs import load_runs

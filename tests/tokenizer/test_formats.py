@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import shared_file
+from shared_data import shared_file
 
 from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizer import Tokenizer, load_tokenizer, train_bpe_from_counts

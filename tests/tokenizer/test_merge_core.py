@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 import regex
-from conftest import shared_file
+from shared_data import shared_file
 
 from scratchlm.tokenizer.merge_loop import merge_loop_python
 from scratchlm.tokenizer.pretokenize import GPT2_PATTERN

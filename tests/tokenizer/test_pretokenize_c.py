@@ -7,9 +7,9 @@ from array import array
 
 import pytest
 import regex
-from conftest import shared_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared_data import shared_file
 
 from scratchlm.tokenizer import tokenizer as tokenizer_module
 from scratchlm.tokenizer.pretokenize import (

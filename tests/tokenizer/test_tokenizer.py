@@ -3,9 +3,9 @@ from __future__ import annotations
 import tracemalloc
 
 import pytest
-from conftest import shared_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared_data import shared_file
 
 from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizer import GPT2_PATTERN, Tokenizer, train_bpe_from_counts

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import shared_file
+from shared_data import shared_file
 
 from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizer import train_bpe, train_bpe_from_counts

@@ -56,6 +56,17 @@ def test_grad_accumulation_4x1_equals_1x4(tiny_data, tmp_path):
     )
 
 
+def test_fused_loss_follows_the_unfused_trajectory(tiny_data, tmp_path):
+    """model.fused_loss (chunked head + cross-entropy, no logits) trains the same model, also accumulated."""
+    a = cfg_for(tiny_data, tmp_path, "a", steps=6, log_every=1, grad_accum=2, eval_every=0)
+    b = cfg_for(tiny_data, tmp_path, "b", steps=6, log_every=1, grad_accum=2, eval_every=0, model={"fused_loss": True})
+    train(a, progress=False)
+    train(b, progress=False)
+    assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), rel=1e-4)
+    with pytest.raises(ScratchLMError, match="z_loss"):
+        cfg_for(tiny_data, tmp_path, "c", model={"fused_loss": True}, optim={"z_loss": 1e-4})
+
+
 def test_resume_continues_exactly(tiny_data, tmp_path, monkeypatch):
     kw = dict(steps=12, log_every=1, eval_every=0, checkpoint_every=5, model={"dropout_resid": 0.1})
     train(cfg_for(tiny_data, tmp_path, "full", **kw), progress=False)
