@@ -1,28 +1,31 @@
-"""Web-data pipeline throughput per stage, end to end, and MinHash dedup against datasketch.
+"""Web-data pipeline: throughput per stage, end to end, against datatrove, and MinHash dedup against datasketch.
 
-    python -m benchmarks.bench_web            # full run -> benchmarks/results/web.{md,json}
-    python -m benchmarks.bench_web --quick    # smoke test (~1 min) -> benchmarks/_work/results_quick/
+    python -m benchmarks.bench_web                       # full run (~5 min) -> benchmarks/results/web.{md,json}
+    python -m benchmarks.bench_web --quick               # smoke test (~2 min) -> benchmarks/_work/results_quick/
+    python -m benchmarks.bench_web --only pipelines minhash   # some sections -> benchmarks/_work/results_quick/
 
 Data: the real Common Crawl WARC and WET in ../shared/data/web (one page each, so they are read
-100 times), and a synthetic crawl built from owt_mini: each OpenWebText document wrapped in an HTML
-page with shared navigation/footer boilerplate, 10% exact and 10% near-duplicate pages planted, one
-page in 20 carrying an email and a phone number, written as Common Crawl writes WARCs (a gzip member
-per record) in 4 shards. Stage rows run in this process, one document at a time, after a warm-up
-(model loading is reported separately); the end-to-end rows run `run_pipeline` with the local
-process pool (and Ray, when installed). MB/s counts what the stage reads: compressed file bytes for
-`read`, HTML bytes for `extract`, UTF-8 text bytes after that.
+100 times), and a synthetic crawl built from owt_mini: each OpenWebText document wrapped in a news-site
+page (cookie banner, header with search, navigation, byline, share links, a sidebar of links to other
+stories, newsletter box, footer, script and style tags), 10% exact and 10% near-duplicate pages planted,
+one page in 20 carrying an email and a phone number, written as Common Crawl writes WARCs (a gzip
+member per record) in 4 shards. Sections:
 
-MinHash vs datasketch: the same documents (owt_mini + planted near-copies at known edit rates), the
-same shingles (word 5-grams of the same normalised text), the same bands (16 x 8 of 128 hashes) and
-the same verification (true Jaccard >= 0.8, connected components). Reported: time to signatures and
-to candidate pairs, the candidate pairs each finds and their overlap, recall of the planted pairs,
-and whether the final clusters agree.
+- stages: one document at a time in this process, after a warm-up (model loading reported
+  separately). MB/s counts what the stage reads: compressed file bytes for `read`, HTML bytes for
+  `extract`, UTF-8 text bytes after that.
+- e2e: `run_pipeline` with the local process pool (and Ray, when installed).
+- pipelines: extract + language + Gopher + PII, scratchlm vs datatrove on the same WARCs, 2 workers
+  each, kept sets compared (benchmarks/bench_web_pipelines.py; skipped without datatrove).
+- minhash: scratchlm vs datasketch MinHash LSH with the same settings, scored against exact Jaccard
+  over all pairs, over several hash seeds (benchmarks/bench_web_minhash.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.metadata
 import json
 import os
 import platform
@@ -30,10 +33,13 @@ import random
 import shutil
 import statistics
 import time
+import zlib
+from html import escape
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.bench_web_minhash import edit
 from benchmarks.common import (
     DATA,
     EOT,
@@ -52,7 +58,19 @@ from benchmarks.common import (
 MODULE = "benchmarks.bench_web"
 SHARED_WARC = DATA / "web" / "whirlwind.warc.gz"
 SHARED_WET = DATA / "web" / "whirlwind.warc.wet.gz"
-NAV = "Home\nNews\nSports\nWeather\nContact us"
+NAV = "Home\nNews\nPolitics\nBusiness\nSports\nWeather\nOpinion\nContact us"
+HEADLINES = [
+    "City council approves new budget after late-night session",
+    "Local team clinches playoff spot with overtime win",
+    "Storm expected to bring heavy rain this weekend",
+    "Five things to know before the markets open",
+    "School district announces new start times",
+    "Review: the best budget phones of the year",
+    "Police investigate break-in at downtown store",
+    "Opinion: why the new bridge matters",
+    "Hospital opens expanded emergency department",
+    "Gas prices fall for third straight week",
+]
 FOOTER = "Copyright 2024 Example Media Group. All rights reserved.\nPrivacy policy | Terms of use"
 
 
@@ -62,33 +80,45 @@ def owt_docs(limit: int) -> list[str]:
     return docs[:limit]
 
 
-def edit(text: str, rate: float, rng: random.Random) -> str:
-    words = text.split()
-    for i in rng.sample(range(len(words)), k=int(rate * len(words))):
-        words[i] = f"zz{rng.randrange(10**6)}"
-    return " ".join(words)
-
-
 def warc_record(uri: str, html: bytes, rid: str) -> bytes:
     http = f"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {len(html)}\r\n\r\n"
     block = http.encode() + html
     head = (
         f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Record-ID: <urn:uuid:{rid}>\r\nWARC-Target-URI: {uri}\r\n"
-        f"WARC-Date: 2024-05-18T01:58:10Z\r\nContent-Type: application/http; msgtype=response\r\n"
-        f"Content-Length: {len(block)}\r\n\r\n"
+        f"WARC-Date: 2024-05-18T01:58:10Z\r\nWARC-Identified-Payload-Type: text/html\r\n"
+        f"Content-Type: application/http; msgtype=response\r\nContent-Length: {len(block)}\r\n\r\n"
     )
     return head.encode() + block + b"\r\n\r\n"
 
 
 def page(text: str) -> bytes:
-    paras = "".join(f"<p>{p}</p>" for p in text.split("\n") if p.strip())
-    nav = "".join(f"<li><a href='/{x}'>{x}</a></li>" for x in NAV.split("\n"))
+    """`text` as an article page with the boilerplate of a news site: cookie banner, header with search,
+    navigation, byline, share links, a sidebar of links to other stories, newsletter box, footer, scripts.
+    The sidebar is drawn from HEADLINES seeded by the text, so identical texts give identical pages."""
+    rng = random.Random(zlib.crc32(text.encode()))
+    paras = "".join(f"<p>{escape(p)}</p>" for p in text.split("\n") if p.strip())
+    title = escape(" ".join(text.split()[:8]))
+    nav = "".join(f"<li><a href='/{x.lower().replace(' ', '-')}'>{x}</a></li>" for x in NAV.split("\n"))
+    side = "".join(f"<li><a href='/story/{rng.randrange(10**6)}'>{h}</a></li>" for h in rng.sample(HEADLINES, 5))
     foot = "<br>".join(FOOTER.split("\n"))
     return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Article</title>"
-        f"<script>window.dataLayer=[];</script><style>p{{margin:0}}</style></head><body>"
-        f"<nav><ul>{nav}</ul></nav><main><article><h1>Article</h1>{paras}</article></main>"
-        f"<footer>{foot}</footer></body></html>"
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title} | Example Media</title>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><link rel='stylesheet' href='/s.css'>"
+        f"<script>window.dataLayer=window.dataLayer||[];function gtag(){{dataLayer.push(arguments);}}"
+        f"gtag('js',new Date());gtag('config','G-XXXX');</script>"
+        f"<style>body{{font-family:sans-serif}}.sidebar{{float:right;width:30%}}#cookie{{position:fixed}}</style>"
+        f"</head><body><div id='cookie' class='cookie-banner'>We use cookies to improve your experience. By "
+        f"continuing to browse the site you agree to our use of cookies. <a href='/privacy'>Learn more</a> "
+        f"<button>Accept</button></div><header class='site-header'><a class='logo' href='/'>Example Media</a>"
+        f"<form action='/search'><input name='q' placeholder='Search'><button>Go</button></form>"
+        f"<a href='/login'>Sign in</a> <a href='/subscribe'>Subscribe</a></header>"
+        f"<nav><ul>{nav}</ul></nav><main><article><h1>{title}</h1>"
+        f"<p class='byline'>By Staff Writer | May 18, 2024 | 4 min read</p>{paras}"
+        f"<div class='share'>Share this article: <a href='#'>Facebook</a> <a href='#'>Twitter</a> "
+        f"<a href='#'>Email</a></div></article><aside class='sidebar'><h3>Most popular</h3><ul>{side}</ul>"
+        f"<h3>Newsletter</h3><p>Sign up for our daily newsletter.</p></aside></main>"
+        f"<footer>{foot}</footer><script src='/app.js'></script>"
+        f"<script>document.getElementById('cookie').onclick=function(){{this.remove()}};</script></body></html>"
     ).encode()
 
 
@@ -308,125 +338,15 @@ def end_to_end(paths: list[Path], executor: str, workers: int) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------------------------- MinHash vs datasketch
-def dedup_corpus(n_docs: int) -> tuple[list[str], list[tuple[int, int, float]]]:
-    """owt docs + near copies at edit rates 1..30% (planted pairs: (source, copy, edit rate))."""
-    rng = random.Random(2)
-    docs = owt_docs(n_docs)
-    planted = []
-    rates = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3]
-    for k in range(n_docs // 4):
-        src = rng.randrange(n_docs)
-        rate = rates[k % len(rates)]
-        docs.append(edit(docs[src], rate, rng))
-        planted.append((src, len(docs) - 1, rate))
-    return docs, planted
-
-
-def minhash_vs_datasketch(n_docs: int, num_hashes=128, bands=16, ngrams=5, threshold=0.8) -> dict:
-    from datasketch import MinHash, MinHashLSH
-
-    from scratchlm.data.minhash import MinHasher, UnionFind, band_keys, candidate_pairs, jaccard, word_ngrams
-
-    docs, planted = dedup_corpus(n_docs)
-    rows = num_hashes // bands
-
-    # scratchlm: signature (normalise, shingle, hash) + band keys + buckets
-    t0 = time.perf_counter()
-    mh = MinHasher(num_hashes, ngrams, seed=0)
-    sigs = np.stack([mh.signature(d) for d in docs])
-    t_sig = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ours = candidate_pairs(band_keys(sigs, bands))
-    t_lsh = time.perf_counter() - t0
-
-    # datasketch: same shingles (strings of the same normalised 5-grams), MinHashLSH with the same (b, r)
-    t0 = time.perf_counter()
-    shingles = [word_ngrams(d, ngrams) for d in docs]
-    ds = []
-    for s in shingles:
-        m = MinHash(num_perm=num_hashes, seed=1)
-        m.update_batch([g.encode() for g in s])
-        ds.append(m)
-    d_sig = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    lsh = MinHashLSH(num_perm=num_hashes, params=(bands, rows))
-    for i, m in enumerate(ds):
-        lsh.insert(i, m)
-    theirs = set()
-    for i, m in enumerate(ds):
-        theirs.update((min(i, j), max(i, j)) for j in lsh.query(m) if j != i)
-    d_lsh = time.perf_counter() - t0
-
-    sets = {}
-
-    def grams(i):
-        if i not in sets:
-            sets[i] = word_ngrams(docs[i], ngrams)
-        return sets[i]
-
-    def clusters(pairs):
-        uf = UnionFind(len(docs))
-        similar = 0
-        for a, b in sorted(pairs):
-            if jaccard(grams(a), grams(b)) >= threshold:
-                similar += 1
-                uf.union(a, b)
-        groups = {}
-        for i in range(len(docs)):
-            groups.setdefault(uf.find(i), []).append(i)
-        return {tuple(g) for g in groups.values() if len(g) > 1}, similar
-
-    ours_clusters, ours_sim = clusters(ours)
-    theirs_clusters, theirs_sim = clusters(theirs)
-    truth = [(a, b, r, jaccard(grams(a), grams(b))) for a, b, r in planted]
-    positives = [(a, b) for a, b, _, j in truth if j >= threshold]
-    by_rate = {}
-    for a, b, r, j in truth:
-        e = by_rate.setdefault(r, {"pairs": 0, "mean_jaccard": 0.0, "ours": 0, "datasketch": 0})
-        e["pairs"] += 1
-        e["mean_jaccard"] += j
-        e["ours"] += (a, b) in ours
-        e["datasketch"] += (a, b) in theirs
-    for e in by_rate.values():
-        e["mean_jaccard"] /= e["pairs"]
-    return {
-        "documents": len(docs),
-        "settings": {"num_hashes": num_hashes, "bands": bands, "rows": rows, "ngrams": ngrams, "threshold": threshold},
-        "ours": {
-            "signature_s": t_sig,
-            "lsh_s": t_lsh,
-            "candidate_pairs": len(ours),
-            "similar_pairs": ours_sim,
-            "clusters": len(ours_clusters),
-        },
-        "datasketch": {
-            "signature_s": d_sig,
-            "lsh_s": d_lsh,
-            "candidate_pairs": len(theirs),
-            "similar_pairs": theirs_sim,
-            "clusters": len(theirs_clusters),
-        },
-        "candidate_overlap": len(ours & theirs) / max(len(ours | theirs), 1),
-        "candidates_only_ours": len(ours - theirs),
-        "candidates_only_datasketch": len(theirs - ours),
-        "identical_clusters": len(ours_clusters & theirs_clusters),
-        "planted_pairs_above_threshold": len(positives),
-        "recall_ours": sum(p in ours for p in positives) / max(len(positives), 1),
-        "recall_datasketch": sum(p in theirs for p in positives) / max(len(positives), 1),
-        "by_edit_rate": {str(k): v for k, v in sorted(by_rate.items())},
-    }
-
-
 # ---------------------------------------------------------------------------------------------- report
 def info() -> dict:
     import psutil
 
-    def version(mod):
+    def version(dist):
         try:
-            return __import__(mod).__version__
-        except (ImportError, AttributeError):
-            return "?"
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
 
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -438,138 +358,136 @@ def info() -> dict:
         "numpy": np.__version__,
         "datasketch": version("datasketch"),
         "ray": version("ray"),
+        "datatrove": version("datatrove"),
+        "trafilatura": version("trafilatura"),
+        "spacy": version("spacy"),
         "git_commit": _git_commit(),
     }
 
 
-def markdown(res: dict, command: str) -> str:
-    m = res["machine"]
-    lines = [
-        "# Web-data pipeline: throughput per stage, end to end, and MinHash vs datasketch",
-        "",
-        f"- date {m['date']}; git {m['git_commit']}; {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB;"
-        f" load average at start {m['load_start'][0]:.2f} (shared machine: other jobs were running)",
-        f"- python {m['python']}, numpy {m['numpy']}, datasketch {m['datasketch']}, ray {m['ray']}",
-        f"- rerun: `{command}`",
-        "",
-        "## Per stage (one process, one document at a time, median of repeats)",
-        "",
-    ]
+def stages_markdown(res: dict) -> list[str]:
     rows = [
         [r["stage"], r["data"], r["docs"], r["mb_in"], r["docs_per_s"], r["mb_per_s"], r["note"]] for r in res["stages"]
     ]
-    lines.append(markdown_table(["stage", "data", "docs", "MB in", "docs/s", "MB/s", "note"], rows))
-    lines += [
+    return [
+        "## Per stage (one process, one document at a time, median of repeats)",
+        "",
+        markdown_table(["stage", "data", "docs", "MB in", "docs/s", "MB/s", "note"], rows),
         "",
         "Model load / warm-up (once per worker process): "
         + "; ".join(f"{k} {v:.2f} s" for k, v in res["loads"].items())
         + ".",
     ]
-    lines += ["", "## End to end (`run_pipeline`, synthetic crawl, all stages of the web-en example but quality)", ""]
-    e2e = []
-    for r in res["end_to_end"]:
-        e2e.append(
-            [
-                r["executor"],
-                r["workers"],
-                r["docs_in"],
-                r["docs_out"],
-                r["file_mb"],
-                r["wall_s"],
-                r["docs_per_s"],
-                r["mb_per_s"],
-                r["resume_s"],
-            ]
-        )
-    lines.append(
-        markdown_table(
-            [
-                "executor",
-                "workers",
-                "docs in",
-                "docs out",
-                "MB (gz)",
-                "wall s",
-                "docs/s",
-                "MB/s",
-                "rerun (all resumed) s",
-            ],
-            e2e,
-        )
+
+
+def e2e_markdown(res: dict) -> list[str]:
+    keys = ["executor", "workers", "docs_in", "docs_out", "file_mb", "wall_s", "docs_per_s", "mb_per_s", "resume_s"]
+    header = [
+        "executor",
+        "workers",
+        "docs in",
+        "docs out",
+        "MB (gz)",
+        "wall s",
+        "docs/s",
+        "MB/s",
+        "rerun (all resumed) s",
+    ]
+    lines = [
+        "## End to end (`run_pipeline`, synthetic crawl, all stages of the web-en example but quality)",
+        "",
+        markdown_table(header, [[r[k] for k in keys] for r in res["end_to_end"]]),
+    ]
+    first = res["end_to_end"][0]
+    drops = "; ".join(
+        f"{s['name']}: " + ", ".join(f"{k} {v}" for k, v in s["drops"].items()) for s in first["stages"] if s["drops"]
     )
-    if res["end_to_end"]:
-        first = res["end_to_end"][0]
-        drops = "; ".join(
-            f"{s['name']}: " + ", ".join(f"{k} {v}" for k, v in s["drops"].items())
-            for s in first["stages"]
-            if s["drops"]
-        )
-        lines += ["", f"Drops ({first['executor']} run): {drops}."]
-    mh = res["minhash"]
-    s = mh["settings"]
+    return [*lines, "", f"Drops ({first['executor']} run): {drops}."]
+
+
+def markdown(res: dict, command: str) -> str:
+    from benchmarks.bench_web_minhash import markdown as minhash_markdown
+    from benchmarks.bench_web_pipelines import markdown as pipelines_markdown
+
+    m = res["machine"]
+    lines = [
+        "# Web-data pipeline: throughput per stage, end to end, vs datatrove, and MinHash vs datasketch",
+        "",
+        f"- date {m['date']}; git {m['git_commit']}; {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB;"
+        f" load average at start {m['load_start'][0]:.2f} / {m['load_start'][1]:.2f} / {m['load_start'][2]:.2f}"
+        " (1 / 5 / 15 min; shared machine: other jobs were running, so timings carry their noise)",
+        f"- python {m['python']}, numpy {m['numpy']}, datasketch {m['datasketch']}, ray {m['ray']},"
+        f" datatrove {m['datatrove']}, trafilatura {m['trafilatura']}, spacy {m['spacy']}",
+        f"- rerun: `{command}`",
+    ]
+    sections = {"stages": stages_markdown, "end_to_end": e2e_markdown}
+    for key, fn in sections.items():
+        if res.get(key):
+            lines += ["", *fn(res)]
+    if res.get("pipelines"):
+        lines += ["", *pipelines_markdown(res["pipelines"])]
+    if res.get("minhash"):
+        lines += ["", *minhash_markdown(res["minhash"])]
+    load = res["load_end"]
     lines += [
         "",
-        f"## MinHash + LSH: scratchlm vs datasketch ({mh['documents']:,} documents, {s['num_hashes']} hashes, "
-        f"{s['bands']} bands x {s['rows']} rows, word {s['ngrams']}-grams, verified at Jaccard >= {s['threshold']})",
+        f"Total benchmark time {res['seconds']:.0f} s; load average at end {load[0]:.2f} / {load[1]:.2f} / "
+        f"{load[2]:.2f}.",
         "",
     ]
-    table = [
-        [name, v["signature_s"], v["lsh_s"], v["candidate_pairs"], v["similar_pairs"], v["clusters"]]
-        for name, v in (("scratchlm (numpy)", mh["ours"]), ("datasketch MinHash + MinHashLSH", mh["datasketch"]))
-    ]
-    lines.append(
-        markdown_table(
-            ["implementation", "signatures s", "LSH s", "candidate pairs", "verified similar", "clusters"], table
-        )
-    )
-    lines += [
-        "",
-        f"Candidate pairs: overlap (Jaccard of the two sets) {mh['candidate_overlap']:.3f}; only scratchlm "
-        f"{mh['candidates_only_ours']}, only datasketch {mh['candidates_only_datasketch']} (different random hash "
-        f"functions: pairs near the LSH threshold land on either side by chance). Identical clusters after "
-        f"verification: {mh['identical_clusters']} of {mh['ours']['clusters']} / {mh['datasketch']['clusters']}. "
-        f"Recall of the {mh['planted_pairs_above_threshold']} planted pairs with true Jaccard >= {s['threshold']}: "
-        f"scratchlm {mh['recall_ours']:.3f}, datasketch {mh['recall_datasketch']:.3f}.",
-        "",
-    ]
-    rate_rows = [[k, v["pairs"], v["mean_jaccard"], v["ours"], v["datasketch"]] for k, v in mh["by_edit_rate"].items()]
-    lines.append(
-        markdown_table(
-            ["planted edit rate", "pairs", "mean true Jaccard", "candidates (scratchlm)", "candidates (datasketch)"],
-            rate_rows,
-        )
-    )
-    lines += ["", f"Total benchmark time {res['seconds']:.0f} s; load average at end {res['load_end'][0]:.2f}.", ""]
     return "\n".join(lines)
+
+
+SECTIONS = ("stages", "e2e", "pipelines", "minhash")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, results to benchmarks/_work/results_quick/")
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, help="run these sections (results to _work/ unless --out)")
     ap.add_argument("--docs", type=int, default=1000, help="owt documents in the synthetic crawl")
     ap.add_argument("--dedup-docs", type=int, default=1000, help="owt documents in the MinHash comparison")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dedup-copies", type=int, default=600, help="planted near-copies in the MinHash comparison")
+    ap.add_argument("--seeds", type=int, default=5, help="hash seeds per MinHash implementation")
+    ap.add_argument("--repeats", type=int, default=3, help="repeats per stage row")
+    ap.add_argument("--pipeline-repeats", type=int, default=1, help="runs per pipeline in the datatrove comparison")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     check_data()
     if args.quick:
-        args.docs, args.dedup_docs, args.repeats = 120, 200, 1
-    out = args.out or (WORK / "results_quick" if args.quick else RESULTS)
+        args.docs, args.dedup_docs, args.dedup_copies, args.seeds, args.repeats = 120, 200, 120, 2, 1
+        args.pipeline_repeats = 1
+    only = set(args.only or SECTIONS)
+    out = args.out or (WORK / "results_quick" if args.quick or args.only else RESULTS)
     t0 = time.perf_counter()
     res: dict = {"machine": info()}
     paths, n_pages = synthetic_crawl(args.docs, shards=4)
     print(f"synthetic crawl: {n_pages} pages in {len(paths)} shards")
-    res["stages"], res["loads"] = stage_rows(paths, args.repeats, args.quick)
-    res["end_to_end"] = [end_to_end(paths, "local", 2)]
-    try:
-        import ray  # noqa: F401
+    if "stages" in only:
+        res["stages"], res["loads"] = stage_rows(paths, args.repeats, args.quick)
+    if "e2e" in only:
+        res["end_to_end"] = [end_to_end(paths, "local", 2)]
+        try:
+            import ray  # noqa: F401
 
-        res["end_to_end"].append(end_to_end(paths, "ray", 2))
-    except ImportError:
-        print("ray not installed: no Ray row")
-    for r in res["end_to_end"]:
-        print(f"  end to end ({r['executor']}): {r['docs_per_s']:.1f} docs/s, {r['wall_s']:.1f} s")
-    res["minhash"] = minhash_vs_datasketch(args.dedup_docs)
+            res["end_to_end"].append(end_to_end(paths, "ray", 2))
+        except ImportError:
+            print("ray not installed: no Ray row")
+        for r in res["end_to_end"]:
+            print(f"  end to end ({r['executor']}): {r['docs_per_s']:.1f} docs/s, {r['wall_s']:.1f} s")
+    if "pipelines" in only:
+        try:
+            import datatrove  # noqa: F401
+        except ImportError:
+            print("datatrove not installed (pip install -c constraints.txt -e '.[bench]'): no comparison")
+        else:
+            from benchmarks.bench_web_pipelines import compare
+
+            res["pipelines"] = compare(paths, args.pipeline_repeats)
+    if "minhash" in only:
+        from benchmarks.bench_web_minhash import run as minhash_run
+
+        res["minhash"] = minhash_run(owt_docs(args.dedup_docs), args.dedup_copies, args.seeds)
     res["seconds"] = time.perf_counter() - t0
     res["load_end"] = os.getloadavg()
     save_report(out, "web", markdown(res, rerun_command(MODULE)), res)

@@ -91,7 +91,9 @@ def _rss(proc: psutil.Process) -> tuple[int, int]:
     return total, main
 
 
-def run_measured(module: str, spec: dict, env: dict[str, str] | None = None, timeout: float = 3600) -> dict:
+def run_measured(
+    module: str, spec: dict, env: dict[str, str] | None = None, timeout: float = 3600, sample_s: float = SAMPLE_S
+) -> dict:
     """Run `python -m module --worker SPEC` and return its JSON result plus RSS peaks and wall times.
 
     The worker writes its result to spec["result_path"]; it may report `t_end` (time.time() at the end
@@ -109,7 +111,7 @@ def run_measured(module: str, spec: dict, env: dict[str, str] | None = None, tim
                 samples.append((time.time(), *_rss(proc)))
                 if time.time() - t0 > timeout:
                     proc.kill()
-                time.sleep(SAMPLE_S)
+                time.sleep(sample_s)
         t_exit = time.time()
         if proc.returncode != 0:
             tail = err_path.read_text(errors="replace")[-3000:]

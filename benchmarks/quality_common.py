@@ -77,9 +77,18 @@ def token_files(src: Path, name: str, vocab_size: int, specials: list[str], vali
 
 # ---------------------------------------------------------------------------------------- runs
 def train_run(preset: str | None, base: dict, out_dir: Path, threads: int = 2) -> dict:
-    """Train in a fresh process; the summary plus wall time and peak RSS."""
+    """Train in a fresh process; the summary plus wall time and peak RSS. A finished run of exactly
+    this spec (stamped `bench_spec.json` + `bench_result.json` in its directory) is reused, so an
+    interrupted benchmark picks up where it stopped."""
     spec = {"preset": preset, "base": merge(base, {"out_dir": str(out_dir)}), "threads": threads}
-    return run_measured("benchmarks.quality_common", spec, timeout=4 * 3600)
+    stamp, saved = out_dir / "bench_spec.json", out_dir / "bench_result.json"
+    if stamp.is_file() and saved.is_file() and json.loads(stamp.read_text()) == spec:
+        return json.loads(saved.read_text())
+    # RSS sampled every second: a training run's memory changes slowly, and 20 ms sampling costs CPU
+    result = run_measured("benchmarks.quality_common", spec, timeout=4 * 3600, sample_s=1.0)
+    saved.write_text(json.dumps(result))
+    stamp.write_text(json.dumps(spec))
+    return result
 
 
 def calibrate(preset: str | None, base: dict, out_dir: Path, steps: int = 40, threads: int = 2) -> float:
@@ -101,9 +110,14 @@ def calibrate_cpu(preset: str | None, base: dict, out_dir: Path, steps: int = 30
 
 
 def _calibration_records(preset, base: dict, out_dir: Path, steps: int, threads: int) -> list[dict]:
-    cal = merge(base, {"steps": steps, "eval_every": 0, "log_every": 5, "sample_tokens": 0})
+    """Train records of a short run; reused if `out_dir` already holds one of exactly this config
+    (so an interrupted benchmark restarts without re-measuring)."""
+    cal = merge(base, {"steps": steps, "eval_every": 0, "log_every": 5, "sample_tokens": 0, "out_dir": str(out_dir)})
     cal["data"] = {k: v for k, v in cal["data"].items() if k != "valid"}
-    train_run(preset, cal, out_dir, threads)
+    stamp = out_dir / "calibration.json"
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == {"preset": preset, "config": cal, "threads": threads}):
+        train_run(preset, cal, out_dir, threads)
+        stamp.write_text(json.dumps({"preset": preset, "config": cal, "threads": threads}))
     recs = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in recs if r.get("kind") == "train" and r["step"] >= 10]
 
