@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
+from tiny_corpus import build_tiny_corpus
 
 from scratchlm.cli import main
-from scratchlm.tokenizer import Tokenizer, train_bpe
-from scratchlm.tokenizer.encode_corpus import encode_file
-
-WORDS = "the cat dog sat ran on a mat log big small red blue and then it was".split()
 
 
 @pytest.fixture(scope="module")
 def token_files(tmp_path_factory):
-    """Tiny train/valid token files (vocab 300) of synthetic sentences, as tests/train/conftest.py."""
-    d = tmp_path_factory.mktemp("scaling_data")
-    rng = random.Random(0)
-
-    def doc() -> str:
-        return " ".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + "." for _ in range(5))
-
-    (d / "train.txt").write_text("<|endoftext|>".join(doc() for _ in range(400)))
-    (d / "valid.txt").write_text("<|endoftext|>".join(doc() for _ in range(30)))
-    vocab, merges = train_bpe(d / "train.txt", 300, ["<|endoftext|>"], num_workers=1)
-    tok = Tokenizer(vocab, merges, ["<|endoftext|>"])
-    tok.save(d / "tok")
-    for split in ("train", "valid"):
-        encode_file(tok, d / f"{split}.txt", d / f"{split}.bin", num_workers=1, tokenizer_source=str(d / "tok"))
-    return d
+    """Tiny train/valid token files (vocab 300) of synthetic sentences."""
+    return build_tiny_corpus(tmp_path_factory.mktemp("scaling_data"), train_docs=400, valid_docs=30)["dir"]
 
 
 def test_sweep_trains_the_grid_collects_runs_and_resumes(token_files, tmp_path, capsys):
