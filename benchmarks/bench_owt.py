@@ -1,6 +1,7 @@
 """Quality benchmark 2: best validation bits per byte on owt_mini in 10 minutes of 2 CPU cores: a
 GPT-2-style baseline against the modern recipe (configs/train/default.toml); then single-switch
-ablations of the modern recipe (each puts one GPT-2 choice back) at a 3-minute budget.
+ablations of the modern recipe (each puts one GPT-2 choice back) at a 3-minute budget, the rows
+closest to the default with 3 seeds.
 
     python -m benchmarks.bench_owt                  # ~40 minutes on 2 idle CPU cores
     python -m benchmarks.bench_owt --budget-s 60    # smoke run
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import statistics
 import time
 
 from benchmarks.common import OWT_MINI, RESULTS, check_data, markdown_table, save_report
@@ -68,26 +70,38 @@ def recipes() -> dict[str, tuple[str | None, dict]]:
     return out
 
 
-def rows_to_run(budget_s: float, ablation_budget_s: float) -> list[tuple[str, float]]:
-    """(recipe, budget): the headline pair at the full budget, the ablation table at the shorter one."""
-    rows = [("GPT-2 baseline", budget_s), ("default (modern)", budget_s), ("default (modern)", ablation_budget_s)]
-    return rows + [(f"default - {k}", ablation_budget_s) for k in ABLATIONS]
+# Ablation rows closest to the default get more seeds (0 = the one every row has).
+SEEDED_ROWS = ["default (modern)", "default - GELU MLP (no SwiGLU)"]
 
 
-def run(budget_s: float, ablation_budget_s: float, only: list[str] | None, part: str, parallel: int) -> dict:
+def rows_to_run(
+    budget_s: float, ablation_budget_s: float, seeds: list[int], seeded: list[str]
+) -> list[tuple[str, float, int]]:
+    """(recipe, budget, seed): the headline pair at the full budget, the ablation table at the shorter one."""
+    rows = [("GPT-2 baseline", budget_s, 0), ("default (modern)", budget_s, 0)]
+    for name in ["default (modern)"] + [f"default - {k}" for k in ABLATIONS]:
+        rows += [(name, ablation_budget_s, seed) for seed in (seeds if name in seeded else [0])]
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict:
+    budget_s, ablation_budget_s = args.budget_s, args.ablation_budget_s
     check_data()
     t0 = time.time()
     data = token_files(OWT_MINI, "owt-4k", 4096, ["<|endoftext|>"], 0.05)
     out = QUALITY / "owt-runs"
     machine = machine_line()
-    todo = [(n, b) for n, b in rows_to_run(budget_s, ablation_budget_s) if not only or n in only]
-    if part != "all":
-        todo = [(n, b) for n, b in todo if (b == budget_s) == (part == "headline")]
+    todo = rows_to_run(budget_s, ablation_budget_s, args.ablation_seeds, args.seeded_rows)
+    todo = [(n, b, sd) for n, b, sd in todo if not args.only or n in args.only]
+    if args.part != "all":
+        todo = [(n, b, sd) for n, b, sd in todo if (b == budget_s) == (args.part == "headline")]
 
     configs = {}
-    for name, budget in todo:  # calibrate all first: one machine state for every budget
+    for name, budget, seed in todo:  # calibrate all first: one machine state for every budget
         preset, extra = recipes()[name]
         cfg = merge(merge({"data": data["data"]}, SHAPE), extra)
+        if seed:
+            cfg["seed"] = seed
         # A schedule does not change the work of a step: measure once, so its row differs in nothing else.
         measured = "default (modern)" if name in SAME_STEP_AS_DEFAULT else name
         cal_cfg = merge(merge({"data": data["data"]}, SHAPE), recipes()[measured][1])
@@ -96,16 +110,18 @@ def run(budget_s: float, ablation_budget_s: float, only: list[str] | None, part:
         cfg["eval_every"] = max(cfg["steps"] // 4, 1)
         cfg["schedule"] = merge(cfg.get("schedule", {}), {"warmup_steps": min(50, cfg["steps"] // 10)})
         run_dir = out / slug(name) if budget == budget_s else out / f"{budget:.0f}s" / slug(name)
-        configs[(name, budget)] = (preset, cfg, step_s, run_dir)
-        print(f"{name} ({budget:.0f} s): {step_s:.3f} CPU s/step -> {cfg['steps']} steps", flush=True)
+        if seed:
+            run_dir = run_dir.with_name(f"{run_dir.name}-seed{seed}")
+        configs[(name, budget, seed)] = (preset, cfg, step_s, run_dir)
+        print(f"{name} ({budget:.0f} s, seed {seed}): {step_s:.3f} CPU s/step -> {cfg['steps']} steps", flush=True)
 
-    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:  # one thread each, as calibrated
+    with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:  # one thread each, as calibrated
         futures = {k: pool.submit(train_run, p, c, d, 1) for k, (p, c, _, d) in configs.items()}
         results = {k: f.result() for k, f in futures.items()}
     raw = {"machine": machine, "budget_s": budget_s, "ablation_budget_s": ablation_budget_s, "data": data, "runs": []}
-    for (name, budget), (preset, cfg, step_s, _) in configs.items():
-        raw["runs"].append({"name": name, "budget_s": budget, "preset": preset, "config": cfg,
-                            "calibrated_cpu_s_per_step": step_s, "result": results[(name, budget)],
+    for (name, budget, seed), (preset, cfg, step_s, _) in configs.items():
+        raw["runs"].append({"name": name, "budget_s": budget, "seed": seed, "preset": preset, "config": cfg,
+                            "calibrated_cpu_s_per_step": step_s, "result": results[(name, budget, seed)],
                             "command": rerun_train_command(preset, cfg)})  # fmt: skip
     raw["total_s"] = time.time() - t0
     return raw
@@ -113,15 +129,25 @@ def run(budget_s: float, ablation_budget_s: float, only: list[str] | None, part:
 
 def render(raw: dict) -> str:
     def table(budget: float) -> str:
-        runs = [r for r in raw["runs"] if r["budget_s"] == budget]
-        ref = next((r["result"]["val_bpb"] for r in runs if r["name"] == "default (modern)"), None)
+        by_name: dict[str, list[dict]] = {}
+        for run in raw["runs"]:
+            if run["budget_s"] == budget:
+                by_name.setdefault(run["name"], []).append(run)
+
+        def mean(runs: list[dict], key: str) -> float:
+            return statistics.mean(r["result"][key] for r in runs)
+
+        ref = mean(by_name["default (modern)"], "val_bpb") if "default (modern)" in by_name else None
         rows = []
-        for run in runs:
-            r = run["result"]
-            delta = f"{r['val_bpb'] - ref:+.4f}" if ref is not None else "-"
-            rows.append([run["name"], r["params"], run["calibrated_cpu_s_per_step"], r["steps"], r["tokens"],
-                         f"{r['val_loss']:.4f}", f"{r['val_bpb']:.4f}", delta])  # fmt: skip
-        header = ["recipe", "params", "CPU s/step", "steps", "tokens", "val loss", "val bits/byte", "vs default"]
+        for name, runs in by_name.items():
+            r, bpb = runs[0]["result"], mean(runs, "val_bpb")
+            seeds = (f"mean of {len(runs)} seeds: " + ", ".join(f"{x['result']['val_bpb']:.4f}" for x in runs)
+                     if len(runs) > 1 else "1 seed")  # fmt: skip
+            delta = f"{bpb - ref:+.4f}" if ref is not None else "-"
+            rows.append([name, r["params"], runs[0]["calibrated_cpu_s_per_step"], r["steps"], r["tokens"],
+                         f"{mean(runs, 'val_loss'):.4f}", f"{bpb:.4f}", delta, seeds])  # fmt: skip
+        header = ["recipe", "params", "CPU s/step", "steps", "tokens", "val loss", "val bits/byte", "vs default",
+                  "seeds"]  # fmt: skip
         return markdown_table(header, rows)
 
     data, b, ab = raw["data"], raw["budget_s"], raw["ablation_budget_s"]
@@ -145,7 +171,9 @@ def render(raw: dict) -> str:
         f"## Single-switch ablations of the default recipe: {ab / 60:.0f} minutes of 2 cores ({2 * ab:.0f} CPU-s)",
         "",
         "Each row puts one GPT-2 choice back into the default recipe. The budget is shorter than the headline"
-        " comparison's so that the whole table fits a session on a shared 2-core machine.",
+        " comparison's so that the whole table fits a session on a shared 2-core machine. The rows closest to"
+        " the default were rerun with more seeds (initialisation and data order); their spread is the noise floor"
+        " for reading the other rows.",
         "",
         table(ab),
         "",
@@ -160,14 +188,12 @@ def main() -> None:
     parser.add_argument("--ablation-budget-s", type=float, default=180.0, help="ablation budget: seconds of 2 cores")
     parser.add_argument("--only", nargs="*", help="recipe names to run (default: all)")
     parser.add_argument("--part", choices=["all", "headline", "ablations"], default="all", help="which table to run")
+    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the seeded rows")
+    parser.add_argument("--seeded-rows", nargs="*", default=SEEDED_ROWS, help="ablation rows run with every seed")
     parser.add_argument("--parallel", type=int, default=2, help="runs at once (one thread each)")
     parser.add_argument("--render", action="store_true", help="only rewrite the .md from the committed .json")
     args = parser.parse_args()
-    raw = (
-        json.loads((RESULTS / f"{STEM}.json").read_text())
-        if args.render
-        else run(args.budget_s, args.ablation_budget_s, args.only, args.part, args.parallel)
-    )
+    raw = json.loads((RESULTS / f"{STEM}.json").read_text()) if args.render else run(args)
     save_report(RESULTS, STEM, render(raw), raw)
 
 

@@ -4,13 +4,14 @@ the real training loop (`scratchlm train`), on this machine's CPU or a GPU.
     python -m benchmarks.bench_throughput                      # CPU: eager and compiled, fp32 and bf16
     python -m benchmarks.bench_throughput --device cuda        # GPU: bf16 + compile (the preset's setting)
 
-The preset's batch (256 x 256 tokens) is one step of ~1 minute on 2 CPU cores; on CPU the micro-batch
-is reduced (--batch-size, default 8 x 256) which changes tokens/s little once the matmuls are this
-large. Data: ../shared/data/text/tinystories_val.txt with a 10k BPE trained on it (throughput does not
-depend on which text). MFU = tokens/s x the model's train FLOPs per token (scratchlm.model.accounting,
-attention included) / peak FLOP/s: on CPU the peak is a measured 1024^3 fp32 matmul on the same threads
-(the best of several trials), on a GPU the datasheet dense peak of the device (train/metrics.py).
-Speeds are the fastest 5-step interval after warm-up (the machine is shared) and the median.
+The preset's batch (256 x 256 tokens) is one step of several minutes on 2 CPU cores; on CPU the
+micro-batch is reduced (--batch-size, default 2 x 256 = 512 tokens), which changes tokens/s little
+once the matmuls are this large (512 x 512 x 1344 and 512 x 10,000). Data: owt_mini.txt
+from ../shared with a 10k BPE trained on it (throughput does not depend on which text).
+MFU = tokens/s x the model's train FLOPs per token (scratchlm.model.accounting, attention
+included) / peak FLOP/s: on CPU the peak is a measured 1024^3 fp32 matmul on the same threads (the
+best of several trials), on a GPU the datasheet dense peak of the device (train/metrics.py). Speeds
+are the fastest 2-step interval after 4 warm-up steps (the machine is shared) and the median.
 Results: benchmarks/results/throughput.{md,json} (or throughput_cuda.* with --device cuda).
 """
 
@@ -21,7 +22,7 @@ import json
 import statistics
 import time
 
-from benchmarks.common import RESULTS, TEXT, markdown_table, save_report
+from benchmarks.common import OWT_MINI, RESULTS, markdown_table, save_report
 from benchmarks.quality_common import QUALITY, machine_line, merge, slug, token_files, train_run
 
 
@@ -29,7 +30,7 @@ def measure(name: str, base: dict, threads: int) -> dict:
     out = QUALITY / "throughput" / slug(name)
     res = train_run("tinystories-17m", base, out, threads)
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    recs = [r for r in recs if r.get("kind") == "train" and r["step"] > 5]
+    recs = [r for r in recs if r.get("kind") == "train" and r["step"] > 4]  # after warm-up (and compilation)
     tps = [r["tokens_per_s"] for r in recs]
     best = max(range(len(recs)), key=lambda i: tps[i])
     return {
@@ -46,18 +47,18 @@ def measure(name: str, base: dict, threads: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--batch-size", type=int, default=0, help="micro-batch (default: 8 on CPU, preset on GPU)")
-    parser.add_argument("--steps", type=int, default=0, help="steps per setting (default: 25 on CPU, 100 on GPU)")
+    parser.add_argument("--batch-size", type=int, default=0, help="micro-batch (default: 2 on CPU, preset on GPU)")
+    parser.add_argument("--steps", type=int, default=0, help="steps per setting (default: 14 on CPU, 100 on GPU)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     t0 = time.time()
-    data = token_files(TEXT / "tinystories_val.txt", "tinystories-val-10k", 10_000, ["<|endoftext|>"], 0.05)
+    data = token_files(OWT_MINI, "owt-10k", 10_000, ["<|endoftext|>"], 0.05)
     gpu = args.device == "cuda"
-    steps = args.steps or (100 if gpu else 25)
-    base = {"data": {"train": data["data"]["train"]}, "steps": steps, "eval_every": 0, "log_every": 5,
+    steps = args.steps or (100 if gpu else 14)
+    base = {"data": {"train": data["data"]["train"]}, "steps": steps, "eval_every": 0, "log_every": 2 if not gpu else 5,
             "sample_tokens": 0, "device": args.device, "schedule": {"warmup_steps": 5}}  # fmt: skip
     if args.batch_size or not gpu:
-        base["batch_size"] = args.batch_size or 8
+        base["batch_size"] = args.batch_size or 2
     settings = {"bf16 + compile": {"precision": "bf16", "compile": True}} if gpu else {
         "fp32 eager": {"precision": "fp32", "compile": False},
         "fp32 compile": {"precision": "fp32", "compile": True},
