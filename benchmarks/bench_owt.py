@@ -177,8 +177,6 @@ def render(raw: dict) -> str:
         "",
         table(ab),
         "",
-        f"Total benchmark time {raw['total_s']:.0f} s.",
-        "",
     ])  # fmt: skip
 
 
