@@ -357,8 +357,10 @@ def _problems(cfg: ModelConfig, model_type: str) -> list[str]:
         if kinds - {"L"}:
             why.append("sliding-window layers")
         return why
-    want = dict(positions="rope", norm="rmsnorm")
-    why += [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in want.items() if getattr(cfg, k) != v]
+    if cfg.positions != "rope":
+        why.append(f"positions={cfg.positions!r} (needs 'rope')")
+    if cfg.norm not in ("rmsnorm", "rmsnorm_fused"):  # the fused kernel computes the same RMSNorm
+        why.append(f"norm={cfg.norm!r} (needs 'rmsnorm')")
     if cfg.mlp not in GATED_ACTS.values():
         why.append(f"mlp={cfg.mlp!r} (needs swiglu or geglu)")
     if model_type == "llama":

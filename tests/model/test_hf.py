@@ -154,6 +154,7 @@ NATIVE = {
     "geglu head_dim": (dict(mlp="geglu", head_dim=16), "llama"),
     "biases (zero norm biases)": (dict(bias=True), "llama"),
     "qkv bias": (dict(qkv_bias=True, n_kv_heads=1), "qwen2"),
+    "fused rmsnorm kernel": (dict(norm="rmsnorm_fused"), "llama"),
     "all sliding": (dict(layer_pattern="S", window=4), "mistral"),
     "mixed L/S": (dict(layer_pattern="LSS", n_layers=3, window=4), "qwen2"),
     "gpt2-like without biases": (
@@ -174,7 +175,7 @@ def test_save_native_model_for_transformers(kw, model_type, tmp_path):
         ModelConfig(**{**dict(vocab_size=V, context_length=64, d_model=32, n_layers=2, n_heads=4), **kw})
     )
     perturb_(model)
-    if model.config.norm == "rmsnorm":  # Llama-family norms have no bias
+    if model.config.norm.startswith("rmsnorm"):  # Llama-family norms have no bias
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if "norm" in name and name.endswith("bias"):
