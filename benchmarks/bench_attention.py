@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, WORK, markdown_table, run_measured, save_report, write_result
+from benchmarks.common import RESULTS, WORK, cpu_model, markdown_table, run_measured, save_report, write_result
 
 MB = 2**20
 CS336 = dict(B=1, T=16_384, H=16, Dh=64)  # d_model 1024; naive ~80 ms, best student 5.36 ms on an H100 (bf16)
@@ -142,7 +142,7 @@ def run_cpu(args) -> None:
                 f" peak added {r['peak_added_mb']:.0f} MiB",
                 flush=True,
             )
-    info = _info("CPU: " + _cpu_name() + f", {os.cpu_count()} cores, 1 thread used")
+    info = _info("CPU: " + cpu_model() + f", {os.cpu_count()} cores, 1 thread used")
     info["loadavg_end"] = os.getloadavg()
     table = []
     for T in lengths:
@@ -194,16 +194,6 @@ def run_cpu(args) -> None:
         " several T x T matrices (scores, probabilities, their gradients) at once.",
     ]
     save_report(Path(args.out), "attention_cpu", "\n".join(md) + "\n", dict(info=info, rows=rows))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 # ------------------------------------------------------------------------------------------------ GPU

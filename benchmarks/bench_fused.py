@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from benchmarks.bench_attention import peak_rss, reset_peak_rss
-from benchmarks.common import RESULTS, WORK, markdown_table, run_measured, save_report, write_result
+from benchmarks.common import RESULTS, WORK, cpu_model, markdown_table, run_measured, save_report, write_result
 
 MB = 2**20
 LCE = dict(N=4096, D=512, V=32_000)  # 4,096 tokens, a 32k vocabulary: the unfused logits are 500 MiB fp32
@@ -109,7 +109,7 @@ def run_cpu(args) -> None:
     assert max(losses) - min(losses) < 1e-4 * max(losses), f"the implementations disagree on the loss: {losses}"
     info = dict(
         date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        device=f"CPU ({_cpu_name()}, {os.cpu_count()} cores, 1 thread used)",
+        device=f"CPU ({cpu_model()}, {os.cpu_count()} cores, 1 thread used)",
         python=platform.python_version(),
         torch=__import__("torch").__version__,
         loadavg_end=os.getloadavg(),
@@ -150,13 +150,6 @@ def run_cpu(args) -> None:
         ),
     ]
     save_report(Path(args.out), "fused_cpu", "\n".join(md) + "\n", dict(info=info, rows=rows))
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def run_gpu(args) -> None:

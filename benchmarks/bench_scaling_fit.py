@@ -26,17 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import DATA, RESULTS, markdown_table, save_report
+from scratchlm.scaling.reference import BESIROGLU_2024, HOFFMANN_2022
 
 CSV = DATA / "scaling" / "chinchilla_svg_extracted_data.csv"
-# Besiroglu, Erdil, Barnett, You 2024 ("Chinchilla Scaling: A replication attempt"): estimate, standard error
-PUBLISHED = {
-    "E": (1.817, 0.026),
-    "A": (482.0, 124.5),
-    "B": (2085.4, 1293.3),
-    "alpha": (0.348, 0.015),
-    "beta": (0.366, 0.021),
-}
-HOFFMANN = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}  # Chinchilla paper's own fit
+PUBLISHED, HOFFMANN = BESIROGLU_2024, HOFFMANN_2022
 CHINCHILLA_C = 5.76e23  # Chinchilla's training compute (70B parameters, 1.4T tokens)
 
 

@@ -47,9 +47,9 @@ from benchmarks.common import (
     OWT_MINI,
     RESULTS,
     WORK,
-    _cpu_model,
     _git_commit,
     check_data,
+    cpu_model,
     markdown_table,
     rerun_command,
     save_report,
@@ -350,7 +350,7 @@ def info() -> dict:
 
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": len(os.sched_getaffinity(0)),
         "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "load_start": os.getloadavg(),

@@ -143,7 +143,7 @@ def ids_digest(ids) -> str:
     return hashlib.sha256(np.asarray(ids, dtype=np.uint32).tobytes()).hexdigest()[:16]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -212,7 +212,7 @@ def machine_info() -> dict:
 
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,

@@ -144,11 +144,11 @@ def slug(name: str) -> str:
 def machine_line() -> str:
     import torch
 
-    from benchmarks.common import _cpu_model, _git_commit
+    from benchmarks.common import _git_commit, cpu_model
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return (
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}, {_cpu_model()}, "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}, {cpu_model()}, "
         f"{len(os.sched_getaffinity(0))} usable cores, python {platform.python_version()}, torch {torch.__version__}, "
         f"git {_git_commit()}, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
     )

@@ -12,16 +12,8 @@ import numpy as np
 from shared_data import shared_file
 
 from scratchlm.scaling.fit import fit_runs
+from scratchlm.scaling.reference import BESIROGLU_2024
 from scratchlm.scaling.runs import load_runs
-
-# Besiroglu, Erdil, Barnett, You 2024, table 1: estimate and standard error.
-PUBLISHED = {
-    "E": (1.817, 0.026),
-    "A": (482.0, 124.5),
-    "B": (2085.4, 1293.3),
-    "alpha": (0.348, 0.015),
-    "beta": (0.366, 0.021),
-}
 
 
 def test_approach_3_reproduces_the_published_refit():
@@ -29,7 +21,7 @@ def test_approach_3_reproduces_the_published_refit():
     assert len(runs) == 240 and runs.columns["D"] == "derived: D = C / (6 N)"
     result = fit_runs(runs, 3)
     p = result.params
-    for k, (value, se) in PUBLISHED.items():
+    for k, (value, se) in BESIROGLU_2024.items():
         print(f"{k}: {p[k]:.4g} (published {value} +- {se}; {abs(p[k] - value) / se:.2f} SE away)")
         assert abs(p[k] - value) < se
     # the plain SciPy fit over the same grid (numerical gradients, ~5 minutes) found E 1.817, alpha 0.347, beta 0.367
