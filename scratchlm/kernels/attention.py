@@ -35,8 +35,8 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
             )
         if not t.is_floating_point():
             raise ScratchLMError(f"attention: {name} must be a floating-point tensor, got {t.dtype}")
-    if k.shape != v.shape:
-        raise ScratchLMError(f"attention: k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    if k.shape[:3] != v.shape[:3]:
+        raise ScratchLMError(f"attention: k and v differ in batch, heads or time: {tuple(k.shape)} vs {tuple(v.shape)}")
     (B, H, T, Dh), (Bk, K, S, Dk) = q.shape, k.shape
     if B != Bk or Dh != Dk:
         raise ScratchLMError(f"attention: q {tuple(q.shape)} and k/v {tuple(k.shape)} differ in batch or head dim")
@@ -50,11 +50,13 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise ScratchLMError(f"attention: q, k, v are on different devices: {q.device}, {k.device}, {v.device}")
 
 
-def triton_unsupported(q: Tensor) -> str:
+def triton_unsupported(q: Tensor, v: Tensor | None = None) -> str:
     """'' if the Triton kernels take these inputs, else why not."""
     reason = triton_usable(q)
     if reason:
         return reason
+    if v is not None and v.shape[-1] != q.shape[-1]:
+        return f"value head dim {v.shape[-1]} != query head dim {q.shape[-1]}"
     if q.dtype not in DTYPES:
         return f"dtype {q.dtype} (the kernels take float16, bfloat16, float32)"
     if not MIN_HEAD_DIM <= q.shape[-1] <= MAX_HEAD_DIM:
@@ -71,22 +73,41 @@ def _unit_stride(t: Tensor) -> Tensor:
 
 
 def attention(
-    q: Tensor, k: Tensor, v: Tensor, causal: bool = False, backend: str = "auto", scale: float | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool = False,
+    backend: str = "auto",
+    scale: float | None = None,
+    mask: Tensor | None = None,
+    dropout_p: float = 0.0,
 ) -> Tensor:
-    """softmax(q k^T * scale [+ causal mask]) v: q (B, H, T, Dh), k/v (B, K, S, Dh) -> (B, H, T, Dh).
+    """softmax(q k^T * scale [+ causal mask] [+ mask]) v: q (B, H, T, Dh), k (B, K, S, Dh), v (B, K, S, Dv)
+    -> (B, H, T, Dv).
 
-    `scale` defaults to 1 / sqrt(Dh). Raises ScratchLMError on mismatched inputs, an unknown backend,
-    or backend="triton" where the kernels cannot run (CPU tensors, triton missing, unsupported head dim)."""
+    `scale` defaults to 1 / sqrt(Dh). `mask`: bool, True = may attend, broadcastable to (B, H, T, S).
+    The FlashAttention backends ("triton", "reference") take unmasked attention without dropout; a call
+    with a mask or dropout goes to SDPA for them ("naive" and "sdpa" take everything). Raises
+    ScratchLMError on mismatched inputs, an unknown backend, or backend="triton" where the kernels cannot
+    run (CPU tensors, triton missing, unsupported head dim)."""
     check_inputs(q, k, v)
-    name = choose("attention", backend, BACKENDS, triton_unsupported(q), "sdpa", q.is_cuda)
+    flash_ok = mask is None and dropout_p == 0.0 and v.shape[-1] == q.shape[-1]
+    if flash_ok:
+        name = choose("attention", backend, BACKENDS, triton_unsupported(q, v), "sdpa", q.is_cuda)
+    elif backend not in BACKENDS:
+        raise ScratchLMError(f"unknown attention backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    else:  # masked or dropout: only the full-score backends take it
+        name = backend if backend in ("naive", "sdpa") else "sdpa"
     if name == "triton":
         return flash_attention_triton(_unit_stride(q), _unit_stride(k), _unit_stride(v), causal, scale)[0]
     if name == "reference":
         return flash_attention_reference(q, k, v, causal, scale)[0]
     if name == "naive":
-        return naive_attention(q, k, v, causal, scale)
+        return naive_attention(q, k, v, causal, scale, mask, dropout_p)
     gqa = q.shape[1] != k.shape[1]
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal, scale=scale, enable_gqa=gqa
+    )
 
 
 def attention_with_lse(

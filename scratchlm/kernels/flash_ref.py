@@ -16,13 +16,26 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
-def naive_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, scale: float | None = None) -> Tensor:
-    """softmax(q k^T * scale) v with the whole (T, S) score matrix in memory: what FlashAttention avoids.
+def naive_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+    mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """softmax(q k^T * scale [+ mask]) v with the whole (T, S) score matrix in memory: what FlashAttention
+    avoids, and the project's own full-score attention (the model's attn_backend="naive").
 
-    Scores and softmax in fp32 at least (fp64 inputs stay fp64: the tests' exact reference)."""
+    q (B, H, T, Dh), k (B, K, S, Dh), v (B, K, S, Dv) -> (B, H, T, Dv). `causal`: query i sees keys j <= i
+    (top-left aligned, as torch). `mask`: bool, True = may attend, broadcastable to (B, H, T, S). A query
+    that may attend to nothing gets a zero output (torch's SDPA gives NaN there). Scores and softmax in fp32
+    at least (fp64 inputs stay fp64: the tests' exact reference)."""
     B, H, T, Dh = q.shape
     K, S = k.shape[1], k.shape[2]
     scale = 1.0 / math.sqrt(Dh) if scale is None else scale
@@ -30,10 +43,21 @@ def naive_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, scale
     # Queries grouped by their kv head, (B, K, G, T, Dh) against (B, K, 1, S, Dh): GQA without copying K/V.
     qg = q.view(B, K, H // K, T, Dh).to(acc_t)
     s = (qg @ k.unsqueeze(2).to(acc_t).transpose(-1, -2)) * scale  # (B, K, G, T, S)
+    visible = None
     if causal:
-        s = s.masked_fill(torch.ones(T, S, dtype=torch.bool, device=q.device).triu(1), -math.inf)
+        visible = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        m = mask.expand(B, H, T, S).reshape(B, K, H // K, T, S)
+        visible = m if visible is None else m & visible
+    if visible is not None:
+        s = s.masked_fill(~visible, -math.inf)
     p = torch.softmax(s, dim=-1)
-    return (p @ v.unsqueeze(2).to(acc_t)).to(q.dtype).reshape(B, H, T, Dh)
+    if visible is not None:  # fully masked rows: 0/0 = NaN in softmax, a zero output here
+        p = torch.where(visible.any(dim=-1, keepdim=True), p, 0.0)
+    if dropout_p > 0.0:
+        p = F.dropout(p, dropout_p)
+    out = p @ v.unsqueeze(2).to(acc_t)  # (B, K, G, T, Dv)
+    return out.to(q.dtype).reshape(B, H, T, v.shape[-1])
 
 
 def _causal_tile_mask(m0: int, m1: int, n0: int, n1: int, device) -> Tensor | None:

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from scratchlm.errors import ScratchLMError
+from scratchlm.model.attend import backend_name
 from scratchlm.model.config import ModelConfig
-from scratchlm.model.norms import LayerNorm, RMSNorm
+from scratchlm.model.norms import Norm
 
 # Parameter groups (each parameter in exactly one; tied weights counted once, under "embeddings"):
 #   embeddings     token embedding + learned absolute positions
@@ -61,12 +62,12 @@ def param_groups(model: nn.Module) -> dict[str, int]:
                 groups[group] += p.numel()
 
     for m in model.modules():  # norms first, wherever they sit (block, final, inside mixers)
-        if isinstance(m, (RMSNorm, LayerNorm)):
+        if isinstance(m, Norm):
             add("norms", m.parameters(recurse=False))
     add("embeddings", model.embed.parameters())
     if model.pos_embed is not None:
         add("embeddings", model.pos_embed.parameters())
-    for block in model.blocks:
+    for block in model.blocks.values():
         add("mixer", block.mixer.parameters())
         mlp = block.mlp
         if isinstance(mlp, MoE):
@@ -288,7 +289,7 @@ def activation_bytes_per_token(cfg: ModelConfig, seq_len: int, dtype_bytes: int)
     treat this as the order of magnitude and for comparing configs.
     """
     b, D, H, K, Dh, L = dtype_bytes, cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dh, cfg.n_layers
-    own_scores = 2 * H * seq_len * 4 if cfg.attn_backend == "own" else H * 4
+    own_scores = 2 * H * seq_len * 4 if backend_name(cfg.attn_backend) == "naive" else H * 4
     ffn_elems = (4 if cfg.gated else 2) * (cfg.moe.d_expert or cfg.ff_dim)
     total = 0.0
     for layer in range(L):

@@ -6,9 +6,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scratchlm.model.attend import Attend
+from scratchlm.model.builders import build_feedforward, build_mixer
 from scratchlm.model.config import ModelConfig
-from scratchlm.model.mixers import build_mixer
-from scratchlm.model.mlp import build_mlp
+from scratchlm.model.context import StepContext
 from scratchlm.model.norms import build_norm
 
 
@@ -21,7 +22,7 @@ class Residual(nn.Module):
         self.f = f
 
         def norm(used: bool) -> nn.Module:
-            return build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias) if used else nn.Identity()
+            return build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias, cfg.ops) if used else nn.Identity()
 
         self.norm_in = norm(cfg.norm_placement in ("pre", "sandwich"))
         self.norm_mid = norm(cfg.norm_placement == "sandwich")
@@ -34,13 +35,13 @@ class Residual(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int):
+    def __init__(self, cfg: ModelConfig, layer: int, attend: Attend):
         super().__init__()
-        self.attn = Residual(cfg, build_mixer(cfg, layer))
-        self.ffn = Residual(cfg, build_mlp(cfg))
+        self.attn = Residual(cfg, build_mixer(cfg, layer, attend))
+        self.ffn = Residual(cfg, build_feedforward(cfg))
 
-    def forward(self, x: Tensor, pos: Tensor, cache=None) -> Tensor:
-        return self.ffn(self.attn(x, pos, cache))
+    def forward(self, x: Tensor, ctx: StepContext) -> Tensor:
+        return self.ffn(self.attn(x, ctx))
 
     @property
     def mixer(self) -> nn.Module:

@@ -76,11 +76,16 @@ class ModelConfig:
     window: int = 0  # sliding-window size for S layers (a token sees itself and window-1 before it)
     linear_feature_map: Literal["elu", "relu"] = "elu"  # phi of linear attention: elu(x)+1 (Katharopoulos 2020)
     linear_chunk: int = 64  # chunk length of the O(T) chunked linear-attention form
-    # Softmax attention's inner product: "sdpa" (torch), "own" (scratchlm's primitives, full T x T scores), or a
-    # scratchlm.kernels backend: "auto" (FlashAttention-2 Triton kernels on CUDA, else SDPA), "triton", "reference"
-    # (tiled PyTorch FlashAttention-2, O(T) memory), "naive". The kernel backends cover full causal attention;
-    # sliding-window layers, KV-cached generation and attention dropout ("auto" only) go through SDPA.
-    attn_backend: Literal["sdpa", "own", "auto", "triton", "reference", "naive"] = "sdpa"
+    # Softmax attention's inner product, one vocabulary with `scratchlm.kernels.attention`: "sdpa" (torch's fused
+    # F.scaled_dot_product_attention), "naive" (the full T x S score matrix in the project's own code; "own" is its
+    # old name, still accepted), "auto" (FlashAttention-2 Triton kernels on CUDA, else SDPA), "triton", "reference"
+    # (tiled PyTorch FlashAttention-2, O(T) memory). Resolved once into the model's `attend` callable
+    # (`scratchlm.model.attend`). The FlashAttention backends cover unmasked causal attention; masked calls
+    # (sliding window, KV cache, padding) and attention dropout ("auto" only) go through SDPA.
+    attn_backend: Literal["sdpa", "naive", "own", "auto", "triton", "reference"] = "sdpa"
+    # Norms, activations: "torch" = torch's fused kernels (F.rms_norm, F.layer_norm, F.gelu, ...), "own" = the
+    # project's elementwise primitives (`primitives.py`, `norms.py`), the readable reference they are tested against.
+    ops: Literal["torch", "own"] = "torch"
     fused_swiglu: bool = False  # silu(gate) * up as one kernel (scratchlm.kernels.swiglu); needs mlp="swiglu", no MoE
     fused_loss: bool = False  # TransformerLM.loss: chunked head + cross-entropy, never the (tokens x V) logits
     bias: bool = False  # biases in every linear layer and LayerNorm (GPT-2)
@@ -153,9 +158,11 @@ class ModelConfig:
             bad("qk_norm is not supported with linear attention")
         if self.linear_chunk < 1:
             bad(f"linear_chunk must be >= 1, got {self.linear_chunk}")
-        kernel_attn = self.attn_backend not in ("sdpa", "own")
+        if self.ops not in ("torch", "own"):
+            bad(f"ops must be 'torch' or 'own', got {self.ops!r}")
+        kernel_attn = self.attn_backend not in ("sdpa", "own", "naive")
         if kernel_attn and self.attention == "mla":
-            bad(f"attn_backend={self.attn_backend!r} is for softmax attention; MLA takes 'sdpa' or 'own'")
+            bad(f"attn_backend={self.attn_backend!r} is for softmax attention; MLA takes 'sdpa' or 'naive'")
         if kernel_attn and self.attn_backend != "auto" and self.dropout_attn > 0:
             bad(f"attn_backend={self.attn_backend!r} has no attention dropout; use 'auto' or 'sdpa' with dropout_attn")
         if self.fused_swiglu and (self.mlp != "swiglu" or self.moe.num_experts):

@@ -76,10 +76,23 @@ def _check_args(model, T: int, max_new_tokens: int, temperature, top_k, top_p, m
         )
 
 
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Prompts of any lengths -> (ids (B, T), positions (B, T)), right-aligned: row b starts with
+    T - len(prompts[b]) padding tokens (id `pad_id`, position -1), then its tokens at positions 0, 1, ..."""
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    positions = torch.full((len(prompts), T), -1, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        if p:
+            ids[b, T - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+            positions[b, T - len(p) :] = torch.arange(len(p))
+    return ids, positions
+
+
 @torch.no_grad()
 def generate(
     model,
-    prompt_ids: Sequence[int] | Tensor,
+    prompt_ids: Sequence[int] | Sequence[Sequence[int]] | Tensor,
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -88,12 +101,14 @@ def generate(
     seed: int | None = None,
     use_cache: bool = True,
     max_len: int | None = None,
-) -> list[int] | Tensor:
+) -> list[int] | list[list[int]] | Tensor:
     """Continue `prompt_ids` by up to `max_new_tokens` tokens.
 
-    prompt_ids: a list of ints (one sequence) or a (B, T) integer tensor (B sequences of the same
-        length T >= 1; no padding).
-    Returns: for a list, a list: the prompt followed by the new tokens; for a tensor, a (B, T + n)
+    prompt_ids: a list of ints (one sequence); a list of lists of ints (a batch of prompts of any
+        lengths: they are left-padded, and each row gives, token for token, what it gives alone); or
+        a (B, T) integer tensor (B sequences of the same length T >= 1; no padding).
+    Returns: for a list, a list: the prompt followed by the new tokens; for a list of lists, one
+        such list per prompt, ending at its stop token if it produced one; for a tensor, a (B, T + n)
         tensor on the model's device, the prompts followed by n <= max_new_tokens new tokens.
     temperature: 0 = greedy (argmax; top_k, top_p and seed are then unused); > 0 divides the logits.
     top_k, top_p: applied in that order after the temperature; None = off.
@@ -101,7 +116,8 @@ def generate(
         included in the output. In a batch, a finished row repeats its stop token while the others
         continue, and generation ends when every row has finished (so n < max_new_tokens is possible).
     seed: seeds the torch.Generator used for sampling, so equal seeds give equal samples; None
-        draws a fresh seed.
+        draws a fresh seed. (Sampled rows of a batch draw from one generator: equal to unbatched
+        sampling only for greedy decoding.)
     use_cache: True = prefill the prompt into `model.new_cache` and feed one token per step;
         False = recompute the whole prefix at every step (slower, the reference).
     max_len: longest prompt + new tokens, default `context_length`. Models with learned or
@@ -110,8 +126,16 @@ def generate(
     The model runs in eval mode (no dropout) and gets its train/eval mode back afterwards.
     """
     as_list = not isinstance(prompt_ids, Tensor)
+    ragged = as_list and len(prompt_ids) > 0 and not isinstance(prompt_ids[0], int)
     device = next(model.parameters()).device
-    ids = torch.tensor([list(prompt_ids)], dtype=torch.long) if as_list else prompt_ids
+    positions = None
+    if ragged:
+        if any(len(p) < 1 for p in prompt_ids):
+            raise ValueError("every prompt must hold at least one token")
+        ids, positions = left_pad(prompt_ids)
+        positions = positions.to(device)
+    else:
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long) if as_list else prompt_ids
     if ids.dim() != 2:
         raise ValueError(f"prompt_ids must be a list of ints or a (B, T) tensor, got shape {tuple(ids.shape)}")
     ids = ids.to(device=device, dtype=torch.long)
@@ -131,7 +155,7 @@ def generate(
     try:
         cache = model.new_cache(B, T + max_new_tokens) if use_cache else None
         out = ids
-        logits = model(ids, cache=cache)  # (B, T, V)
+        logits = model(ids, cache=cache, positions=positions)  # (B, T, V)
         for step in range(max_new_tokens):
             nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B,)
             nxt = torch.where(finished, fill, nxt)
@@ -141,7 +165,22 @@ def generate(
             finished |= newly
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
-            logits = model(nxt[:, None], cache=cache) if use_cache else model(out)
+            if use_cache:
+                logits = model(nxt[:, None], cache=cache)  # each row continues at its own next position
+            else:
+                if positions is not None:
+                    positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+                logits = model(out, positions=positions)
     finally:
         model.train(was_training)
+    if ragged:
+        return [_trim(out[b, T - len(p) :].tolist(), len(p), set(stop_tokens)) for b, p in enumerate(prompt_ids)]
     return out[0].tolist() if as_list else out
+
+
+def _trim(row: list[int], prompt_len: int, stops: set[int]) -> list[int]:
+    """A row's prompt and new tokens, up to and including its first stop token."""
+    for i in range(prompt_len, len(row)):
+        if row[i] in stops:
+            return row[: i + 1]
+    return row

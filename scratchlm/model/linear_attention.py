@@ -36,7 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scratchlm.model.cache import LayerCache
 from scratchlm.model.config import ModelConfig
+from scratchlm.model.context import StepContext
 from scratchlm.model.primitives import Linear
 
 EPS = 1e-6  # added to the normaliser phi(q) . z, which relu features can make exactly 0
@@ -49,7 +51,7 @@ def elu_plus_one(x: Tensor) -> Tensor:
 FEATURE_MAPS = {"elu": elu_plus_one, "relu": F.relu}
 
 
-class LinearAttentionState:
+class LinearAttentionState(LayerCache):
     """Running sums of one layer: S = sum phi(k) v^T (B, K, Dh, Dh) and z = sum phi(k) (B, K, Dh), in
     fp32 (they are sums over the whole history, so low precision would drift)."""
 
@@ -119,6 +121,7 @@ def linear_attention_chunked(
 class LinearAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, window: int | None = None):
         super().__init__()
+        self.layer = layer
         if window is not None:
             raise ValueError("linear attention sees the whole prefix; sliding-window layers use softmax attention")
         if cfg.linear_feature_map not in FEATURE_MAPS:
@@ -136,13 +139,17 @@ class LinearAttention(nn.Module):
         """Constant-size state whatever `max_len` (kept in fp32 whatever `dtype`)."""
         return LinearAttentionState(batch, self.kv_heads, self.head_dim, device)
 
-    def forward(self, x: Tensor, pos: Tensor, cache: LinearAttentionState | None = None) -> Tensor:
+    def forward(self, x: Tensor, ctx: StepContext) -> Tensor:
         B, T, _ = x.shape
+        cache = ctx.layer_cache(self.layer)
         K, G, Dh = self.kv_heads, self.n_heads // self.kv_heads, self.head_dim
         q = self.q_proj(x).view(B, T, K, G, Dh).permute(0, 2, 3, 1, 4)  # (B, K, G, T, Dh)
         k = self.k_proj(x).view(B, T, K, Dh).transpose(1, 2)  # (B, K, T, Dh)
         v = self.v_proj(x).view(B, T, K, Dh).transpose(1, 2)  # (B, K, T, Dh)
         q, k, v = self.phi(q.float()), self.phi(k.float()), v.float()
+        if ctx.padded:  # padding tokens add nothing to the running sums
+            keep = ctx.valid[:, None, :, None].to(k.dtype)  # (B|1, 1, T, 1)
+            k, v = k * keep, v * keep
         y, state = linear_attention_chunked(q, k, v, self.chunk, None if cache is None else (cache.S, cache.z))
         if cache is not None:
             cache.S, cache.z = state

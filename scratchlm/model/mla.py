@@ -27,55 +27,44 @@ the latent directly; it gives the same result with less compute and is left out 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scratchlm.model.attention import attention_mask
+from scratchlm.model.attend import Attend
+from scratchlm.model.cache import LayerCache, attention_mask
 from scratchlm.model.config import ModelConfig
+from scratchlm.model.context import StepContext
 from scratchlm.model.norms import build_norm
-from scratchlm.model.positions import RotaryEmbedding
-from scratchlm.model.primitives import Linear, scaled_dot_product_attention
+from scratchlm.model.positions import apply_rotary
+from scratchlm.model.primitives import Linear
 
 
-def _own_sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: float, is_causal: bool) -> Tensor:
-    return scaled_dot_product_attention(q, k, v, attn_mask, is_causal, dropout_p)
-
-
-def _torch_sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: float, is_causal: bool) -> Tensor:
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)
-
-
-BACKENDS = {"sdpa": _torch_sdpa, "own": _own_sdpa}
-
-
-def _no_rotation(x: Tensor, pos: Tensor) -> Tensor:
-    return x
-
-
-class LatentCache:
+class LatentCache(LayerCache):
     """The normalised KV latent and the rotated shared RoPE key of every token seen so far:
-    (B, max_len, R) and (B, max_len, Dr), preallocated, with the tokens' absolute positions."""
+    (B, max_len, R) and (B, max_len, Dr), preallocated, with each slot's position per row (-1 = empty
+    or padding)."""
 
     def __init__(self, batch: int, latent_dim: int, rope_dim: int, max_len: int, device, dtype):
         self.c_kv = torch.zeros(batch, max_len, latent_dim, device=device, dtype=dtype)
         self.k_rope = torch.zeros(batch, max_len, rope_dim, device=device, dtype=dtype)
-        self.pos = torch.full((max_len,), -1, dtype=torch.long, device=device)
+        self.pos = torch.full((batch, max_len), -1, dtype=torch.long, device=device)
         self.length = 0
 
     def update(self, c_kv: Tensor, k_rope: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Append (B, T, R) latents and (B, T, Dr) keys; return everything cached, with positions."""
-        T = c_kv.shape[1]
+        """Append (B, T, R) latents and (B, T, Dr) keys at positions (B|1, T); return everything cached,
+        with positions (B, S)."""
+        B, T = c_kv.shape[:2]
         if self.length + T > self.c_kv.shape[1]:
             raise ValueError(f"MLA cache full: {self.length} + {T} tokens > max_len {self.c_kv.shape[1]}")
         s = slice(self.length, self.length + T)
-        self.c_kv[:, s], self.k_rope[:, s], self.pos[s] = c_kv, k_rope, pos
+        self.c_kv[:, s], self.k_rope[:, s], self.pos[:, s] = c_kv, k_rope, pos.expand(B, T)
         self.length += T
-        return self.c_kv[:, : self.length], self.k_rope[:, : self.length], self.pos[: self.length]
+        return self.c_kv[:, : self.length], self.k_rope[:, : self.length], self.pos[:, : self.length]
 
 
 class MultiHeadLatentAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, window: int | None = None):
+    def __init__(self, cfg: ModelConfig, layer: int, attend: Attend, window: int | None = None):
         super().__init__()
+        self.layer = layer
         if window is not None:
             raise ValueError("MLA is full-context attention; sliding-window layers use softmax attention")
         m = cfg.mla
@@ -88,19 +77,16 @@ class MultiHeadLatentAttention(nn.Module):
         if m.q_lora_rank:  # low-rank query with its own latent norm (DeepSeek-V2 eq. 12-13)
             self.q_proj = nn.Sequential(
                 Linear(cfg.d_model, m.q_lora_rank, bias),
-                build_norm(cfg.norm, m.q_lora_rank, cfg.norm_eps, False),
+                build_norm(cfg.norm, m.q_lora_rank, cfg.norm_eps, False, cfg.ops),
                 Linear(m.q_lora_rank, H * (Dn + Dr), bias),
             )
         else:
             self.q_proj = Linear(cfg.d_model, H * (Dn + Dr), bias)
         self.kv_down = Linear(cfg.d_model, R + Dr, bias)  # W_dkv and W_kr in one matmul
-        self.kv_norm = build_norm(cfg.norm, R, cfg.norm_eps, False)
+        self.kv_norm = build_norm(cfg.norm, R, cfg.norm_eps, False, cfg.ops)
         self.kv_up = Linear(R, H * (Dn + Dv), bias)  # W_uk and W_uv in one matmul
         self.o_proj = Linear(H * Dv, cfg.d_model, cfg.bias, residual_out=True)
-        self.rope = RotaryEmbedding(Dr, cfg.context_length, cfg.rope_theta) if Dr else _no_rotation
-        if cfg.attn_backend not in BACKENDS:
-            raise ValueError(f"unknown attn_backend {cfg.attn_backend!r}: expected one of {', '.join(BACKENDS)}")
-        self.attend = BACKENDS[cfg.attn_backend]
+        self.attend = attend
         self.dropout = cfg.dropout_attn
 
     @property
@@ -111,22 +97,29 @@ class MultiHeadLatentAttention(nn.Module):
     def new_cache(self, batch: int, max_len: int, device, dtype) -> LatentCache:
         return LatentCache(batch, self.latent_dim, self.rope_dim, max_len, device, dtype)
 
-    def forward(self, x: Tensor, pos: Tensor, cache: LatentCache | None = None) -> Tensor:
+    def _rotate(self, x: Tensor, ctx: StepContext) -> Tensor:
+        return apply_rotary(x, *ctx.rope) if self.rope_dim else x
+
+    def forward(self, x: Tensor, ctx: StepContext) -> Tensor:
         B, T, _ = x.shape
         H, Dn, Dr, Dv = self.n_heads, self.nope_dim, self.rope_dim, self.v_dim
         q = self.q_proj(x).view(B, T, H, Dn + Dr).transpose(1, 2)  # (B, H, T, Dn+Dr)
-        q = torch.cat([q[..., :Dn], self.rope(q[..., Dn:], pos)], dim=-1)
+        q = torch.cat([q[..., :Dn], self._rotate(q[..., Dn:], ctx)], dim=-1)
         c_kv, k_rope = self.kv_down(x).split([self.latent_dim, Dr], dim=-1)  # (B, T, R), (B, T, Dr)
         c_kv = self.kv_norm(c_kv)
-        k_rope = self.rope(k_rope.unsqueeze(1), pos).squeeze(1)  # rotated once, at its own position
-        if cache is None:
+        k_rope = self._rotate(k_rope.unsqueeze(1), ctx).squeeze(1)  # rotated once, at its own position
+        cache = ctx.layer_cache(self.layer)
+        if cache is None and not ctx.padded:
             mask, causal = None, True
         else:
-            c_kv, k_rope, k_pos = cache.update(c_kv, k_rope, pos)  # (B, S, R), (B, S, Dr), (S,)
-            mask, causal = attention_mask(pos, k_pos, None), False
+            k_pos = ctx.positions
+            if cache is not None:
+                c_kv, k_rope, k_pos = cache.update(c_kv, k_rope, ctx.positions)  # (B, S, R), (B, S, Dr), (B, S)
+            mask, causal = attention_mask(ctx.positions, k_pos, None), False
         S = c_kv.shape[1]
         kv = self.kv_up(c_kv).view(B, S, H, Dn + Dv).transpose(1, 2)  # (B, H, S, Dn+Dv)
         k_nope, v = kv.split([Dn, Dv], dim=-1)  # (B, H, S, Dn), (B, H, S, Dv)
         k = torch.cat([k_nope, k_rope.unsqueeze(1).expand(B, H, S, Dr)], dim=-1)  # (B, H, S, Dn+Dr)
-        y = self.attend(q, k, v, mask, self.dropout if self.training else 0.0, causal)  # (B, H, T, Dv)
+        p = self.dropout if self.training else 0.0
+        y = self.attend(q, k, v, causal=causal, mask=mask, dropout_p=p)  # (B, H, T, Dv)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * Dv))

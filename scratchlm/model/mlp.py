@@ -6,18 +6,17 @@ import functools
 
 from torch import Tensor, nn
 
-from scratchlm.model.config import ModelConfig
-from scratchlm.model.primitives import ACTIVATIONS, Linear
+from scratchlm.model.primitives import Linear, activation
 
 
 class DenseMLP(nn.Module):
     """down(act(up(x))): (B, T, D) -> (B, T, F) -> (B, T, D)."""
 
-    def __init__(self, d_model: int, d_ff: int, activation: str, bias: bool = False):
+    def __init__(self, d_model: int, d_ff: int, act: str, bias: bool = False, ops: str = "torch"):
         super().__init__()
         self.up = Linear(d_model, d_ff, bias)
         self.down = Linear(d_ff, d_model, bias, residual_out=True)
-        self.act = ACTIVATIONS[activation]
+        self.act = activation(act, ops)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(self.act(self.up(x)))
@@ -32,14 +31,14 @@ class GatedMLP(nn.Module):
 
     `fused` (SwiGLU only): act(gate) * up through `scratchlm.kernels.swiglu`, one kernel each way."""
 
-    def __init__(self, d_model: int, d_ff: int, activation: str, bias: bool = False, fused: bool = False):
+    def __init__(self, d_model: int, d_ff: int, act: str, bias: bool = False, ops: str = "torch", fused: bool = False):
         super().__init__()
         self.gate = Linear(d_model, d_ff, bias)
         self.up = Linear(d_model, d_ff, bias)
         self.down = Linear(d_ff, d_model, bias, residual_out=True)
-        self.act = ACTIVATIONS[activation]
-        if fused and activation != "silu":
-            raise ValueError(f"the fused gated MLP is SwiGLU (silu), not {activation!r}")
+        self.act = activation(act, ops)
+        if fused and act != "silu":
+            raise ValueError(f"the fused gated MLP is SwiGLU (silu), not {act!r}")
         if fused:
             from scratchlm.kernels.swiglu import swiglu  # imported here: (optional) triton loads only when used
 
@@ -62,19 +61,11 @@ MLPS = {
 }
 
 
-def build_ffn(name: str, d_model: int, d_ff: int, bias: bool, fused: bool = False) -> nn.Module:
+def build_ffn(name: str, d_model: int, d_ff: int, bias: bool, fused: bool = False, ops: str = "torch") -> nn.Module:
+    """One dense or gated FFN (the MoE's shared expert uses it too)."""
     if name not in MLPS:
         raise ValueError(f"unknown mlp {name!r}: expected one of {', '.join(MLPS)}")
     if fused and name != "swiglu":
         raise ValueError(f"only swiglu has a fused kernel, not mlp {name!r}")
     cls, act = MLPS[name]
-    return cls(d_model, d_ff, act, bias, fused=True) if fused else cls(d_model, d_ff, act, bias)
-
-
-def build_mlp(cfg: ModelConfig) -> nn.Module:
-    """The feed-forward of one block: dense/gated, or a Mixture of Experts when moe.num_experts > 0."""
-    if cfg.moe.num_experts > 0:
-        from scratchlm.model.moe import MoE
-
-        return MoE(cfg)
-    return build_ffn(cfg.mlp, cfg.d_model, cfg.ff_dim, cfg.bias, cfg.fused_swiglu)
+    return cls(d_model, d_ff, act, bias, ops, fused=True) if fused else cls(d_model, d_ff, act, bias, ops)

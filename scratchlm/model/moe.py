@@ -47,26 +47,44 @@ from torch import Tensor, nn
 
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.mlp import MLPS, GatedMLP, build_ffn
-from scratchlm.model.primitives import ACTIVATIONS, Linear, trunc_normal_
+from scratchlm.model.primitives import Linear, activation, trunc_normal_
 
 
 class GroupedExperts(nn.Module):
-    """E FFNs of one type as batched weights: up/gate (E, F, D), down (E, D, F), biases (E, F)/(E, D)."""
+    """E FFNs of one type as batched weights: up/gate (E, F, D), down (E, D, F), biases (E, F)/(E, D).
 
-    def __init__(self, num_experts: int, d_model: int, d_ff: int, mlp: str, bias: bool):
+    Init (`reset_parameters`): up/gate normal(0, std), down normal(0, down_std) (the model passes
+    std / sqrt(2L), as for every residual branch's last projection), truncated at 3 std; biases 0."""
+
+    def __init__(
+        self, num_experts: int, d_model: int, d_ff: int, mlp: str, bias: bool, ops: str = "torch",
+        std: float = 0.02, down_std: float = 0.02,
+    ):  # fmt: skip
         super().__init__()
         if mlp not in MLPS:
             raise ValueError(f"unknown mlp {mlp!r}: expected one of {', '.join(MLPS)}")
         cls, act = MLPS[mlp]
         E, D, Fh = num_experts, d_model, d_ff
-        self.act = ACTIVATIONS[act]
+        self.std, self.down_std = std, down_std
+        self.act = activation(act, ops)
         self.gated = cls is GatedMLP
         self.w_up = nn.Parameter(torch.empty(E, Fh, D))
         self.w_gate = nn.Parameter(torch.empty(E, Fh, D)) if self.gated else None
         self.w_down = nn.Parameter(torch.empty(E, D, Fh))
-        self.b_up = nn.Parameter(torch.zeros(E, Fh)) if bias else None
-        self.b_gate = nn.Parameter(torch.zeros(E, Fh)) if bias and self.gated else None
-        self.b_down = nn.Parameter(torch.zeros(E, D)) if bias else None
+        self.b_up = nn.Parameter(torch.empty(E, Fh)) if bias else None
+        self.b_gate = nn.Parameter(torch.empty(E, Fh)) if bias and self.gated else None
+        self.b_down = nn.Parameter(torch.empty(E, D)) if bias else None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for w in (self.w_up, self.w_gate):
+            if w is not None:
+                trunc_normal_(w, self.std)
+        trunc_normal_(self.w_down, self.down_std)
+        for b in (self.b_up, self.b_gate, self.b_down):
+            if b is not None:
+                b.zero_()
 
     def expert(self, e: int, x: Tensor) -> Tensor:
         """Expert e on its tokens: (n, D) -> (n, D)."""
@@ -92,34 +110,20 @@ class MoE(nn.Module):
         self.capacity_factor = m.capacity_factor
         self.gate_denominator = _sum_last if m.renormalize else _one
         self.aux_loss_coef, self.z_loss_coef = m.aux_loss_coef, m.z_loss_coef
-        self.init_std, self.n_layers = cfg.init_std, cfg.n_layers
         d_expert = m.d_expert or cfg.ff_dim
-        self.router = Linear(cfg.d_model, m.num_experts, bias=False, std=cfg.init_std)
-        self.experts = GroupedExperts(m.num_experts, cfg.d_model, d_expert, cfg.mlp, cfg.bias)
+        s = cfg.init_std
+        # Router: normal(0, s); experts as `GroupedExperts` documents, with the model's depth-scaled down std.
+        self.router = Linear(cfg.d_model, m.num_experts, bias=False, std=s)
+        self.experts = GroupedExperts(
+            m.num_experts, cfg.d_model, d_expert, cfg.mlp, cfg.bias, cfg.ops, s, s / math.sqrt(2 * cfg.n_layers)
+        )
         # The shared expert is an ordinary FFN module: its `down` is a residual_out Linear.
-        self.shared = build_ffn(cfg.mlp, cfg.d_model, d_expert, cfg.bias) if m.shared_expert else None
+        self.shared = build_ffn(cfg.mlp, cfg.d_model, d_expert, cfg.bias, ops=cfg.ops) if m.shared_expert else None
         self.aux_loss: Tensor | None = None
         self.balance_loss: Tensor | None = None
         self.z_loss: Tensor | None = None
         self.tokens_per_expert: Tensor | None = None
         self.dropped_tokens: Tensor | None = None
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Router: normal(0, s); expert up/gate: normal(0, s); expert down: normal(0, s / sqrt(2L));
-        expert biases 0; all normals truncated at 3 std (as `TransformerLM.init_weights`, which
-        resets the shared expert's Linear layers itself)."""
-        s = self.init_std
-        trunc_normal_(self.router.weight, s)
-        ex = self.experts
-        for w in (ex.w_up, ex.w_gate):
-            if w is not None:
-                trunc_normal_(w, s)
-        trunc_normal_(ex.w_down, s / math.sqrt(2 * self.n_layers))
-        for b in (ex.b_up, ex.b_gate, ex.b_down):
-            if b is not None:
-                b.zero_()
 
     def capacity(self, n_tokens: int) -> int:
         """Most assignments one expert takes from N tokens: ceil(c * N * k / E); dropless: N, which

@@ -1,19 +1,38 @@
-"""RMSNorm and LayerNorm, computed in fp32 and cast back to the input dtype."""
+"""RMSNorm and LayerNorm, computed in fp32 and cast back to the input dtype.
+
+`RMSNorm` and `LayerNorm` are the readable references (`ops="own"`); `TorchRMSNorm` and
+`TorchLayerNorm` compute the same through torch's fused kernels (`ops="torch"`, the default), with the
+same parameters, so checkpoints do not care which one wrote them. `FusedRMSNorm` is the Triton kernel
+of `scratchlm.kernels` (norm="rmsnorm_fused").
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * g (Zhang & Sennrich 2019)."""
+class Norm(nn.Module):
+    """A gain (and optional bias) per feature: what every norm here owns."""
 
     def __init__(self, dim: int, eps: float = 1e-5, bias: bool = False):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+        self.weight = nn.Parameter(torch.empty(dim))
+        self.bias = nn.Parameter(torch.empty(dim)) if bias else None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Gain 1, bias 0: the identity map on a normalised input."""
+        self.weight.fill_(1.0)
+        if self.bias is not None:
+            self.bias.zero_()
+
+
+class RMSNorm(Norm):
+    """x / sqrt(mean(x^2) + eps) * g (Zhang & Sennrich 2019)."""
 
     def forward(self, x: Tensor) -> Tensor:
         x32 = x.float()
@@ -23,14 +42,11 @@ class RMSNorm(nn.Module):
         return y.to(x.dtype)
 
 
-class LayerNorm(nn.Module):
+class LayerNorm(Norm):
     """(x - mean) / sqrt(var + eps) * g + b (Ba et al. 2016); biased variance as torch."""
 
     def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+        super().__init__(dim, eps, bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x32 = x.float()
@@ -40,6 +56,24 @@ class LayerNorm(nn.Module):
         if self.bias is not None:
             y = y + self.bias.float()
         return y.to(x.dtype)
+
+
+class TorchRMSNorm(RMSNorm):
+    """RMSNorm through `F.rms_norm` (one fused kernel each way), in fp32 as the reference."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps)
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(x.dtype)
+
+
+class TorchLayerNorm(LayerNorm):
+    """LayerNorm through `F.layer_norm` (one fused kernel each way), in fp32 as the reference."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.weight.shape, self.weight.float(), bias, self.eps).to(x.dtype)
 
 
 class FusedRMSNorm(RMSNorm):
@@ -56,10 +90,19 @@ class FusedRMSNorm(RMSNorm):
         return self.rms_norm(x, self.weight, self.bias, self.eps)
 
 
-NORMS = {"rmsnorm": RMSNorm, "layernorm": LayerNorm, "rmsnorm_fused": FusedRMSNorm}
+# (config name, ops) -> class
+NORMS = {
+    ("rmsnorm", "own"): RMSNorm,
+    ("rmsnorm", "torch"): TorchRMSNorm,
+    ("layernorm", "own"): LayerNorm,
+    ("layernorm", "torch"): TorchLayerNorm,
+    ("rmsnorm_fused", "own"): FusedRMSNorm,
+    ("rmsnorm_fused", "torch"): FusedRMSNorm,
+}
 
 
-def build_norm(name: str, dim: int, eps: float, bias: bool) -> nn.Module:
-    if name not in NORMS:
-        raise ValueError(f"unknown norm {name!r}: expected one of {', '.join(NORMS)}")
-    return NORMS[name](dim, eps=eps, bias=bias)
+def build_norm(name: str, dim: int, eps: float, bias: bool, ops: str = "torch") -> nn.Module:
+    if (name, ops) not in NORMS:
+        names = sorted({n for n, _ in NORMS})
+        raise ValueError(f"unknown norm {name!r} (ops={ops!r}): expected one of {', '.join(names)}")
+    return NORMS[name, ops](dim, eps=eps, bias=bias)

@@ -1,5 +1,10 @@
 """Positional information: RoPE (inside attention), learned or sinusoidal absolute (added to the
-embeddings), or none."""
+embeddings), or none.
+
+RoPE is computed once per forward, on the model, from the explicit per-token positions of the step
+(`RotaryEmbedding.tables`), and applied in each attention layer (`apply_rotary`): no per-layer
+table, no cap on the position.
+"""
 
 from __future__ import annotations
 
@@ -15,71 +20,81 @@ class RotaryEmbedding(nn.Module):
     """RoPE (Su et al. 2021): rotate pairs of q/k features by angle pos * theta^(-2i/Dh).
 
     Pairs are (i, i + Dh/2) ("rotate half", GPT-NeoX / Hugging Face Llama layout), so Llama-family
-    checkpoints load without permuting weights. cos/sin tables are fp32 buffers, grown on demand.
+    checkpoints load without permuting weights. The only state is the (Dh/2,) inverse frequencies, a
+    non-persistent buffer set by `reset_parameters` (so a model built on the meta device gets it at
+    `init_weights`).
     """
 
-    def __init__(self, head_dim: int, max_len: int, theta: float = 10_000.0):
+    def __init__(self, head_dim: int, theta: float = 10_000.0):
         super().__init__()
         self.head_dim, self.theta = head_dim, theta
-        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
-        self._build(min(max_len, 4096))  # grown on demand: a 128k-context table per layer would cost GBs
+        self.register_buffer("inv_freq", torch.empty(head_dim // 2), persistent=False)
+        self.reset_parameters()
 
-    def _build(self, n: int) -> None:
-        angles = torch.outer(torch.arange(n, dtype=torch.float64), self.inv_freq.double())  # (n, Dh/2)
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+    @torch.no_grad()
+    def reset_parameters(self, device=None) -> None:
+        device = device or self.inv_freq.device
+        inv = 1.0 / self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=device) / self.head_dim)
+        self.inv_freq = inv.float()
 
-    def ensure(self, n: int) -> None:
-        """Make the table cover positions < n (called by the model with a Python int, so that
-        `forward` has no data-dependent branch: no graph break under torch.compile)."""
-        if n > self.cos.shape[0]:
-            self._build(max(n, 2 * self.cos.shape[0]))
+    def tables(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """positions (..., T) long (>= 0) -> cos, sin (..., T, Dh/2) fp32. The angles are formed in fp64
+        (an fp32 product loses the low bits of large positions) and rounded once."""
+        angles = positions.to(torch.float64)[..., None] * self.inv_freq.to(positions.device, torch.float64)
+        return angles.cos().float(), angles.sin().float()
 
-    def forward(self, x: Tensor, pos: Tensor) -> Tensor:
-        """x: (B, H, T, Dh); pos: (T,) absolute positions, < the size given to `ensure`."""
-        cos, sin = self.cos.to(x.device)[pos], self.sin.to(x.device)[pos]  # (T, Dh/2)
-        x32 = x.float()
-        x1, x2 = x32[..., : self.head_dim // 2], x32[..., self.head_dim // 2 :]
-        out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-        return out.to(x.dtype)
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x (B, H, T, Dh) rotated by cos, sin (B|1, T, Dh/2) (`RotaryEmbedding.tables`), in fp32."""
+    half = x.shape[-1] // 2
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B|1, 1, T, Dh/2): broadcast over heads
+    x32 = x.float()
+    x1, x2 = x32[..., :half], x32[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
 class LearnedPositions(nn.Module):
     def __init__(self, max_len: int, dim: int, std: float = 0.02):
         super().__init__()
-        self.weight = nn.Parameter(trunc_normal_(torch.empty(max_len, dim), std))
+        self.std = std
+        self.weight = nn.Parameter(torch.empty(max_len, dim))
+        self.reset_parameters()
 
-    def ensure(self, n: int) -> None:
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        trunc_normal_(self.weight, self.std)
+
+    def check(self, n: int) -> None:
+        """Refuse positions >= n beyond the table (a Python int check: no graph break under compile)."""
         if n > self.weight.shape[0]:
             raise ValueError(f"position {n - 1} is beyond the {self.weight.shape[0]} learned positions")
 
-    def forward(self, pos: Tensor) -> Tensor:  # (T,) -> (T, D)
+    def forward(self, pos: Tensor) -> Tensor:  # (B|1, T) -> (B|1, T, D)
         return self.weight[pos]
 
 
 class SinusoidalPositions(nn.Module):
-    """Fixed sin/cos features of Vaswani et al. 2017: PE[p, 2i] = sin(p / 10000^(2i/D)), PE[p, 2i+1] = cos."""
+    """Fixed sin/cos features of Vaswani et al. 2017: PE[p, 2i] = sin(p / 10000^(2i/D)), PE[p, 2i+1] = cos,
+    computed from the positions of each step (no table)."""
 
-    def __init__(self, max_len: int, dim: int):
+    def __init__(self, dim: int):
         super().__init__()
         self.dim = dim
-        self._build(max_len)
+        self.register_buffer("div", torch.empty((dim + 1) // 2), persistent=False)
+        self.reset_parameters()
 
-    def _build(self, n: int) -> None:
-        pos = torch.arange(n, dtype=torch.float64).unsqueeze(1)
-        div = torch.exp(torch.arange(0, self.dim, 2, dtype=torch.float64) * (-math.log(10_000.0) / self.dim))
-        pe = torch.zeros(n, self.dim, dtype=torch.float64)
-        pe[:, 0::2] = torch.sin(pos * div)
-        pe[:, 1::2] = torch.cos(pos * div)[:, : self.dim // 2]
-        self.register_buffer("pe", pe.float(), persistent=False)
+    @torch.no_grad()
+    def reset_parameters(self, device=None) -> None:
+        device = device or self.div.device
+        self.div = torch.exp(torch.arange(0, self.dim, 2, dtype=torch.float64, device=device) * (-math.log(10_000.0) / self.dim))
 
-    def ensure(self, n: int) -> None:
-        if n > self.pe.shape[0]:
-            self._build(2 * n)
+    def check(self, n: int) -> None:
+        pass  # any position has its features
 
-    def forward(self, pos: Tensor) -> Tensor:
-        return self.pe.to(pos.device)[pos]
+    def forward(self, pos: Tensor) -> Tensor:  # (B|1, T) -> (B|1, T, D) fp32
+        angles = pos.to(torch.float64)[..., None] * self.div.to(pos.device)  # (B|1, T, ceil(D/2))
+        pe = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)[..., : self.dim]  # interleaved sin, cos
+        return pe.float()
 
 
 def build_absolute_positions(name: str, max_len: int, dim: int, std: float) -> nn.Module | None:
@@ -87,7 +102,7 @@ def build_absolute_positions(name: str, max_len: int, dim: int, std: float) -> n
     if name == "learned":
         return LearnedPositions(max_len, dim, std)
     if name == "sinusoidal":
-        return SinusoidalPositions(max_len, dim)
+        return SinusoidalPositions(dim)
     if name in ("rope", "none"):
         return None
     raise ValueError(f"unknown positions {name!r}: expected rope, learned, sinusoidal or none")

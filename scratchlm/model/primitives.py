@@ -1,7 +1,9 @@
 """The primitives, written with torch tensors and autograd only, each tested against its torch twin.
 
-Linear, Embedding, softmax, activations, scaled dot-product attention and cross-entropy. The model
-uses these; `attention.py` can switch its inner product to torch's fused SDPA (`attn_backend`).
+Linear, Embedding, softmax, activations and cross-entropy: the readable reference. The model uses them
+with `ops="own"`; with `ops="torch"` (the default) it uses torch's fused twins for the activations,
+chosen once at construction (`TORCH_ACTIVATIONS`). The full-score attention lives in
+`scratchlm.kernels.flash_ref.naive_attention`, beside the FlashAttention kernels it is the reference of.
 """
 
 from __future__ import annotations
@@ -18,38 +20,61 @@ def trunc_normal_(w: Tensor, std: float) -> Tensor:
     return nn.init.trunc_normal_(w, mean=0.0, std=std, a=-3 * std, b=3 * std)
 
 
-class Linear(nn.Module):
+class Linear(nn.Linear):
     """y = x W^T (+ b). W: (out, in), truncated-normal init; no bias unless asked.
 
-    `residual_out` marks the last projection of a residual branch, which `init_weights` scales
-    down with depth.
+    A subclass of `nn.Linear` (same `weight`/`bias`/`in_features`/`out_features`) so that torch's
+    tensor-parallel styles (`ColwiseParallel`, `RowwiseParallel`), which accept only `nn.Linear`,
+    shard it; the forward and the init are the project's own. `residual_out` marks the last
+    projection of a residual branch, which `TransformerLM.init_weights` scales down with depth.
     """
 
     def __init__(self, d_in: int, d_out: int, bias: bool = False, std: float = 0.02, residual_out: bool = False):
-        super().__init__()
-        self.weight = nn.Parameter(trunc_normal_(torch.empty(d_out, d_in), std))
-        self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None
-        self.residual_out = residual_out
+        nn.Module.__init__(self)  # not nn.Linear.__init__: its kaiming init would be thrown away
+        self.in_features, self.out_features = d_in, d_out
+        self.std, self.residual_out = std, residual_out
+        self.weight = nn.Parameter(torch.empty(d_out, d_in))
+        self.register_parameter("bias", nn.Parameter(torch.empty(d_out)) if bias else None)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float | None = None) -> None:
+        """weight ~ normal(0, std) truncated at +-3 std (default: the `std` given at construction); bias 0."""
+        trunc_normal_(self.weight, self.std if std is None else std)
+        if self.bias is not None:
+            self.bias.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
         # F.linear is the matmul (+ bias) itself, fused into one addmm when there is a bias.
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[1]} -> {self.weight.shape[0]}, bias={self.bias is not None}"
+        return f"{self.in_features} -> {self.out_features}, bias={self.bias is not None}"
 
 
-class Embedding(nn.Module):
-    """Row lookup in a (V, D) table, truncated-normal init."""
+class Embedding(nn.Embedding):
+    """Row lookup in a (V, D) table, truncated-normal init. A subclass of `nn.Embedding` (same
+    `weight`, no padding row, no max-norm) so torch's tensor-parallel styles accept it."""
 
     def __init__(self, num: int, dim: int, std: float = 0.02):
-        super().__init__()
-        self.weight = nn.Parameter(trunc_normal_(torch.empty(num, dim), std))
+        nn.Module.__init__(self)  # not nn.Embedding.__init__: its normal(0, 1) init would be thrown away
+        self.num_embeddings, self.embedding_dim, self.std = num, dim, std
+        self.padding_idx, self.max_norm, self.norm_type = None, None, 2.0
+        self.scale_grad_by_freq, self.sparse = False, False
+        self.weight = nn.Parameter(torch.empty(num, dim))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float | None = None) -> None:
+        trunc_normal_(self.weight, self.std if std is None else std)
 
     def forward(self, ids: Tensor) -> Tensor:
         # index_select rather than weight[ids]: same rows, but its backward is an index_add
         # (~5x faster on CPU than the accumulating index_put of advanced indexing).
         return torch.index_select(self.weight, 0, ids.reshape(-1)).view(*ids.shape, -1)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings} x {self.embedding_dim}"
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
@@ -87,34 +112,25 @@ def relu2(x: Tensor) -> Tensor:
 ACTIVATIONS = {"relu": relu, "gelu": gelu, "gelu_tanh": gelu_tanh, "relu2": relu2, "silu": silu}
 
 
-def scaled_dot_product_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Tensor | None = None,
-    is_causal: bool = False,
-    dropout_p: float = 0.0,
-    scale: float | None = None,
-) -> Tensor:
-    """softmax(q k^T * scale + mask) v over the last two dims.
+def _torch_gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
 
-    q: (..., T, Dh), k: (..., S, Dh), v: (..., S, Dv). `mask`: bool, True = may attend (broadcast
-    to (..., T, S)), as in torch. `is_causal`: query i sees keys j <= i (torch's top-left
-    alignment; with a KV cache pass an explicit mask). A query that may attend to nothing gets a
-    zero output (torch gives NaN there).
-    """
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = (q @ k.transpose(-2, -1)) * scale  # (..., T, S)
-    T, S = scores.shape[-2:]
-    if is_causal:
-        causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
-        mask = causal if mask is None else mask & causal
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    probs = softmax(scores.float(), dim=-1).to(q.dtype)
-    if dropout_p > 0.0:
-        probs = F.dropout(probs, p=dropout_p)
-    return probs @ v
+
+def _torch_relu2(x: Tensor) -> Tensor:
+    return torch.square(F.relu(x))
+
+
+# The same functions through torch's fused kernels (one pass forward and backward instead of a chain of
+# elementwise ops and saved tensors); `ops="torch"` picks these.
+TORCH_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_tanh": _torch_gelu_tanh, "relu2": _torch_relu2, "silu": F.silu}
+
+
+def activation(name: str, ops: str = "torch"):
+    """The activation function `name` from the project's own primitives (ops="own") or torch's (ops="torch")."""
+    table = ACTIVATIONS if ops == "own" else TORCH_ACTIVATIONS
+    if name not in table:
+        raise ValueError(f"unknown activation {name!r}: expected one of {', '.join(table)}")
+    return table[name]
 
 
 class _CrossEntropy(torch.autograd.Function):

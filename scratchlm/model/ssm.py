@@ -27,11 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scratchlm.model.cache import LayerCache
 from scratchlm.model.config import ModelConfig
-from scratchlm.model.primitives import Linear, gelu
+from scratchlm.model.context import StepContext
+from scratchlm.model.primitives import Linear, activation
 
 
-class SSMState:
+class SSMState(LayerCache):
     """Generation state of one S4D layer: the complex state of every channel, (B, H, N/2).
 
     Its size does not grow with the number of tokens (`max_len` is accepted for the mixer
@@ -139,6 +141,8 @@ class S4DMixer(nn.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int, window: int | None = None):
         super().__init__()
+        self.layer = layer
+        self.gelu = activation("gelu", cfg.ops)
         D = cfg.d_model
         self.in_proj = Linear(D, D, cfg.bias)
         self.ssm = DiagonalSSM(D, cfg.ssm.state_dim, cfg.ssm.dt_min, cfg.ssm.dt_max)
@@ -149,16 +153,19 @@ class S4DMixer(nn.Module):
         H, N2 = self.ssm.A_imag.shape
         return SSMState(batch, H, N2, device, dtype)
 
-    def forward(self, x: Tensor, pos: Tensor, cache: SSMState | None = None) -> Tensor:
+    def forward(self, x: Tensor, ctx: StepContext) -> Tensor:
         # The SSM runs in fp32 (or fp64) whatever the model dtype: complex bf16 does not exist and
         # exp(dt A l) over long T wants the precision.
         u = self.in_proj(x).transpose(1, 2)  # (B, D, T): channels first for the per-channel conv
         u = u.to(torch.promote_types(u.dtype, torch.float32))
+        if ctx.padded:  # zero input at padding tokens: a zero state stays zero, and the conv adds nothing
+            u = u * ctx.valid[:, None, :].to(u.dtype)
+        cache = ctx.layer_cache(self.layer)
         if cache is None:
             y = self.ssm.conv(u)  # (B, D, T)
         else:
             y, cache.state = self.ssm.chunk(u, cache.state)
             cache.length += x.shape[1]
-        y = F.dropout(gelu(y.transpose(1, 2).to(x.dtype)), self.dropout, self.training)  # (B, T, D)
+        y = F.dropout(self.gelu(y.transpose(1, 2).to(x.dtype)), self.dropout, self.training)  # (B, T, D)
         a, b = self.out_proj(y).chunk(2, dim=-1)  # (B, T, D) each
         return a * torch.sigmoid(b)

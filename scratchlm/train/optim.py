@@ -3,20 +3,15 @@
     optimizer = build_optimizer(model, cfg.optim)   # one Optimizer: one .step() / .zero_grad() / .state_dict()
     grad_norm = clip_grad_norm(model.parameters(), cfg.optim.grad_clip)
 
-Grouping rule (`param_groups`): a parameter is a *matrix* iff it is the weight of a linear map
-applied to activations inside the network: a `Linear.weight` (2-D) or a MoE expert weight
-(`GroupedExperts.w_up/w_gate/w_down`, 3-D (E, out, in): E independent matrices), excluding the
-token embedding, a learned position table and the output head. Matrices get weight decay, and
-Muon / SOAP when chosen. Everything else goes to AdamW without weight decay:
+Grouping rule (`param_groups`): the model says what each parameter is (`model.param_roles()`, see
+`scratchlm/model/roles.py`); the optimizer maps roles to groups:
 
-- "embeddings": `model.embed.weight`, `model.pos_embed.weight`, `model.head.weight` (tied or not):
-  lookup tables and the classifier are not hidden matrices (Muon's own rule, Jordan et al. 2024);
-  decayed only if `decay_embeddings`.
-- "no_decay": norm gains and biases, every bias (incl. the 2-D MoE expert biases (E, F)), and the
-  S4D kernel parameters (log_dt, log_A_real, A_imag, C, D): dynamics of a state-space system,
-  not feature maps (S4D trains A and dt without weight decay, Gu et al. 2022). A plain
-  `ndim >= 2` test would misfile the expert biases and S4D's (H, N/2) / (H, N/2, 2) tensors,
-  hence the rule by module type.
+- "matrix": roles "matrix" (a `Linear.weight`) and "expert" (a MoE expert's (E, out, in) weights: E
+  independent matrices): weight decay, and Muon / SOAP when chosen;
+- "embeddings": roles "embedding" and "head": lookup tables and the classifier are not hidden
+  matrices (Muon's own rule, Jordan et al. 2024); decayed only if `decay_embeddings`;
+- "no_decay": roles "norm_bias" (norm gains, every bias) and "ssm" (the S4D system: dynamics of a
+  state-space system, not feature maps; S4D trains A and dt without weight decay, Gu et al. 2022).
 
 All three optimizers are one `Optimizer` subclass each that can also host AdamW groups: every
 param group names its `algorithm` ("adamw", "muon" or "soap") and `step()` dispatches per group
@@ -32,18 +27,20 @@ import torch
 from torch import Tensor, nn
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.model.moe import GroupedExperts
-from scratchlm.model.primitives import Linear
+from scratchlm.model.roles import param_roles as infer_param_roles
 from scratchlm.train.config import OptimConfig
 
 MATRIX = "matrix"  # name of the param group that gets Muon / SOAP
-# Module types whose named parameters are matrices (see the module docstring).
-MATRIX_WEIGHTS: dict[type, tuple[str, ...]] = {
-    Linear: ("weight",),
-    nn.Linear: ("weight",),
-    GroupedExperts: ("w_up", "w_gate", "w_down"),
+# parameter role (scratchlm.model.roles) -> param group; "other" = a module type the model does not know
+ROLE_GROUPS = {
+    "matrix": MATRIX,
+    "expert": MATRIX,
+    "embedding": "embeddings",
+    "head": "embeddings",
+    "norm_bias": "no_decay",
+    "ssm": "no_decay",
+    "other": "no_decay",
 }
-EMBEDDING_TABLES = ("embed", "pos_embed", "head")  # model attributes whose `.weight` is an embedding / head
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,27 +348,16 @@ OPTIMIZERS = {"adamw": AdamW, "muon": Muon, "soap": SOAP}
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """The trainable parameters in groups "embeddings", "no_decay", "matrix" (empty ones left out),
-    each {"name", "params", "weight_decay"}; the rule is in the module docstring. Tied weights
-    appear once. Asserts that every trainable parameter is in exactly one group."""
-    tables = set()
-    for attr in EMBEDDING_TABLES:
-        w = getattr(getattr(model, attr, None), "weight", None)
-        if isinstance(w, Tensor):
-            tables.add(id(w))
+    each {"name", "params", "weight_decay"}, from the model's parameter roles (module docstring); a
+    module without `param_roles` gets the roles `scratchlm.model.roles` infers. Tied weights appear
+    once, in the order of `named_parameters` (so optimizer states saved before keep their slots).
+    Asserts that every trainable parameter is in exactly one group."""
+    roles = model.param_roles() if hasattr(model, "param_roles") else infer_param_roles(model)
+    params = dict(model.named_parameters())  # the same order and the same dedup of tied weights as roles
     members: dict[str, list[Tensor]] = {"embeddings": [], "no_decay": [], MATRIX: []}
-    seen: set[int] = set()
-    for module in model.modules():
-        matrix_names = MATRIX_WEIGHTS.get(type(module), ())
-        for name, p in module.named_parameters(recurse=False):
-            if id(p) in seen or not p.requires_grad:
-                continue
-            seen.add(id(p))
-            if id(p) in tables:
-                members["embeddings"].append(p)
-            elif name in matrix_names:
-                members[MATRIX].append(p)
-            else:
-                members["no_decay"].append(p)
+    for name, role in roles.items():
+        if params[name].requires_grad:
+            members[ROLE_GROUPS[role]].append(params[name])
     decay = {"embeddings": cfg.weight_decay if cfg.decay_embeddings else 0.0, "no_decay": 0.0, MATRIX: cfg.weight_decay}
     groups = [{"name": k, "params": v, "weight_decay": decay[k]} for k, v in members.items() if v]
 

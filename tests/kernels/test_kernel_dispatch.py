@@ -61,7 +61,7 @@ def test_auto_is_sdpa_on_cpu_and_the_override_forces_a_backend(monkeypatch):
     "make, match",
     [
         (lambda q, k, v: (q[0], k, v), "4-d"),
-        (lambda q, k, v: (q, k, v[:, :, :-1]), "k and v shapes differ"),
+        (lambda q, k, v: (q, k, v[:, :, :-1]), "k and v differ in batch, heads or time"),
         (lambda q, k, v: (q, k[..., :8], v[..., :8]), "batch or head dim"),
         (lambda q, k, v: (q[:, :3], k, v), "multiple of kv heads"),
         (lambda q, k, v: (q.double(), k, v), "dtypes differ"),

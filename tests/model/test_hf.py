@@ -283,7 +283,7 @@ def test_unrepresentable_models_are_refused(tmp_path):
         TransformerLM(ModelConfig(**base)).save_hf(tmp_path / "c", model_type="t5")
     biased = TransformerLM(ModelConfig(**base, bias=True))
     with torch.no_grad():
-        biased.blocks[1].ffn.norm_in.bias.fill_(0.5)  # Llama's RMSNorm has no bias to hold this
+        biased.blocks["1"].ffn.norm_in.bias.fill_(0.5)  # Llama's RMSNorm has no bias to hold this
     with pytest.raises(ScratchLMError, match=r"no place for the non-zero tensors blocks.1.ffn.norm_in.bias"):
         biased.save_hf(tmp_path / "d")
     assert not (tmp_path / "d").exists()  # nothing half-written

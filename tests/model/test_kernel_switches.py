@@ -71,7 +71,7 @@ def test_triton_backend_on_cpu_is_a_clear_error():
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (dict(attention="mla", attn_backend="reference"), "MLA takes 'sdpa' or 'own'"),
+        (dict(attention="mla", attn_backend="reference"), "MLA takes 'sdpa' or 'naive'"),
         (dict(attn_backend="triton", dropout_attn=0.1), "no attention dropout"),
         (dict(fused_swiglu=True, mlp="geglu"), "fused_swiglu needs mlp='swiglu'"),
         (dict(fused_swiglu=True, moe={"num_experts": 2}), "fused_swiglu needs"),

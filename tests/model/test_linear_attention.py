@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from scratchlm.model import ModelConfig, TransformerLM
+from scratchlm.model.context import mixer_context
 from scratchlm.model.linear_attention import (
     FEATURE_MAPS,
     LinearAttention,
@@ -116,7 +117,8 @@ def test_grouped_query_equals_multi_head_with_shared_kv():
             w = getattr(gqa, name).weight.view(2, 8, 32).repeat_interleave(2, dim=0).reshape(32, 32)
             getattr(mha, name).weight.copy_(w)
     x = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(gqa(x, torch.arange(9)), mha(x, torch.arange(9)))
+    ctx = mixer_context(torch.arange(9))
+    torch.testing.assert_close(gqa(x, ctx), mha(x, ctx))
 
 
 def test_rope_setting_is_ignored():

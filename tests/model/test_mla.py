@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from scratchlm.model import MLAConfig, ModelConfig, TransformerLM
-from scratchlm.model.attention import KVCache
+from scratchlm.model.attend import build_attend
+from scratchlm.model.cache import KVCache
+from scratchlm.model.context import mixer_context
 from scratchlm.model.mla import LatentCache, MultiHeadLatentAttention
+from scratchlm.model.positions import RotaryEmbedding, apply_rotary
 
 V, CTX = 64, 32
 MLAS = {
@@ -69,7 +72,7 @@ def test_cache_holds_only_latent_and_shared_rope_key():
     mla = MLAConfig(kv_lora_rank=12, rope_head_dim=4)
     cfg = tiny(mla, d_model=64, n_heads=4)  # Dh = 16
     m = model(cfg)
-    mixer = m.blocks[0].mixer
+    mixer = m.blocks["0"].mixer
     assert mixer.cache_dims_per_token == 12 + 4
     cache = m.new_cache(batch=3, max_len=10)
     layer = cache.layers[0]
@@ -80,7 +83,7 @@ def test_cache_holds_only_latent_and_shared_rope_key():
     softmax_cache = KVCache(3, cfg.n_heads, cfg.dh, 10, None, "cpu", torch.bfloat16)
     softmax_bytes = (softmax_cache.k.numel() + softmax_cache.v.numel()) * 2 // (3 * 10)
     assert (per_token * 2, softmax_bytes) == (32, 256)
-    nope = model(tiny(mla, positions="none")).blocks[0].mixer
+    nope = model(tiny(mla, positions="none")).blocks["0"].mixer
     assert nope.rope_dim == 0 and nope.cache_dims_per_token == 12
 
 
@@ -99,11 +102,15 @@ def absorbed_attention(mixer: MultiHeadLatentAttention, x: torch.Tensor) -> torc
     only c (and k_rope) per token is ever needed."""
     B, T, _ = x.shape
     H, Dn, Dr, Dv, R = mixer.n_heads, mixer.nope_dim, mixer.rope_dim, mixer.v_dim, mixer.latent_dim
-    pos = torch.arange(T)
+    tables = RotaryEmbedding(Dr).tables(torch.arange(T)[None]) if Dr else None
+
+    def rope(t):
+        return apply_rotary(t, *tables) if Dr else t
+
     q = mixer.q_proj(x).view(B, T, H, Dn + Dr).transpose(1, 2)
-    q_nope, q_rope = q[..., :Dn], mixer.rope(q[..., Dn:], pos)
+    q_nope, q_rope = q[..., :Dn], rope(q[..., Dn:])
     c, k_rope = mixer.kv_down(x).split([R, Dr], dim=-1)
-    c, k_rope = mixer.kv_norm(c), mixer.rope(k_rope.unsqueeze(1), pos)  # (B, T, R), (B, 1, T, Dr)
+    c, k_rope = mixer.kv_norm(c), rope(k_rope.unsqueeze(1))  # (B, T, R), (B, 1, T, Dr)
     w = mixer.kv_up.weight.view(H, Dn + Dv, R)
     w_uk, w_uv = w[:, :Dn], w[:, Dn:]  # (H, Dn, R), (H, Dv, R)
     q_lat = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # (B, H, T, R)
@@ -117,14 +124,15 @@ def absorbed_attention(mixer: MultiHeadLatentAttention, x: torch.Tensor) -> torc
 @pytest.mark.parametrize("positions", ["rope", "none"])
 @pytest.mark.parametrize("name", list(MLAS))
 def test_simple_form_equals_absorbed_form(name, positions):
-    mixer = model(tiny(MLAS[name], positions=positions)).blocks[0].mixer
+    mixer = model(tiny(MLAS[name], positions=positions)).blocks["0"].mixer
     x = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(4))
-    torch.testing.assert_close(mixer(x, torch.arange(9)), absorbed_attention(mixer, x), rtol=1e-4, atol=1e-5)
+    ctx = mixer_context(torch.arange(9), RotaryEmbedding(mixer.rope_dim) if mixer.rope_dim else None)
+    torch.testing.assert_close(mixer(x, ctx), absorbed_attention(mixer, x), rtol=1e-4, atol=1e-5)
 
 
 def test_window_refused():
     with pytest.raises(ValueError, match="full-context"):
-        MultiHeadLatentAttention(tiny(MLAS["default_dims"]), 0, window=4)
+        MultiHeadLatentAttention(tiny(MLAS["default_dims"]), 0, build_attend(tiny(MLAS["default_dims"])), window=4)
 
 
 @pytest.mark.parametrize("name", list(MLAS))

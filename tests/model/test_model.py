@@ -119,8 +119,8 @@ def test_weight_tying_and_init():
     assert model.head.weight is model.embed.weight
     untied = make(tie_embeddings=False)
     assert untied.head.weight is not untied.embed.weight
-    o = model.blocks[0].mixer.o_proj.weight
-    q = model.blocks[0].mixer.q_proj.weight
+    o = model.blocks["0"].mixer.o_proj.weight
+    q = model.blocks["0"].mixer.q_proj.weight
     assert o.std() < q.std()  # residual outputs scaled by 1/sqrt(2L)
 
 

@@ -150,7 +150,7 @@ def test_aux_loss_reaches_the_router_and_model_sums_it():
     torch.manual_seed(0)
     model = TransformerLM(cfg)
     model(torch.randint(0, cfg.vocab_size, (2, 16)))
-    moes = [b.mlp for b in model.blocks]
+    moes = [b.mlp for b in model.blocks.values()]
     torch.testing.assert_close(model.aux_loss(), sum(m.aux_loss for m in moes))
     model.aux_loss().backward()
     assert all(m.router.weight.grad.abs().sum() > 0 for m in moes)
@@ -171,7 +171,7 @@ def test_init_and_reset_parameters():
     cfg = moe_cfg(num_experts=8, d_expert=256, init_std=0.05, bias=True)
     torch.manual_seed(0)
     model = TransformerLM(cfg)  # init_weights calls MoE.reset_parameters
-    moe = model.blocks[0].mlp
+    moe = model.blocks["0"].mlp
     ex = moe.experts
     for w, std in ((ex.w_up, 0.05), (ex.w_gate, 0.05), (ex.w_down, 0.05 / math.sqrt(4)), (moe.router.weight, 0.05)):
         assert abs(w.std().item() - std) < 0.1 * std
@@ -193,7 +193,7 @@ def test_train_step_changes_every_parameter_and_grads_finite():
     opt.step()
     unchanged = [n for n, p in model.named_parameters() if torch.equal(p, before[n])]
     assert not unchanged
-    assert all(b.mlp.tokens_per_expert.min() > 0 for b in model.blocks)  # every expert saw tokens
+    assert all(b.mlp.tokens_per_expert.min() > 0 for b in model.blocks.values())  # every expert saw tokens
 
 
 @pytest.mark.parametrize("shared", [False, True])
@@ -244,6 +244,6 @@ def test_top1_router_learns_from_the_loss_only_without_renormalisation():
         moe = dict(num_experts=4, top_k=1, renormalize=renorm, aux_loss_coef=0.0, z_loss_coef=0.0)
         model = TransformerLM(from_dict(ModelConfig, {**base, "moe": moe}))
         cross_entropy(model(x[:, :-1]), x[:, 1:]).backward()
-        grads[renorm] = model.blocks[0].mlp.router.weight.grad
+        grads[renorm] = model.blocks["0"].mlp.router.weight.grad
     assert grads[True] is None or grads[True].abs().max() < 1e-9  # gate == p/p == 1: rounding noise only
     assert grads[False].abs().max() > 1e-6

@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchlm.kernels.flash_ref import naive_attention
 from scratchlm.model.norms import LayerNorm, RMSNorm
-from scratchlm.model.positions import RotaryEmbedding, SinusoidalPositions
+from scratchlm.model.positions import RotaryEmbedding, SinusoidalPositions, apply_rotary
 from scratchlm.model.primitives import (
     ACTIVATIONS,
     Embedding,
     Linear,
     cross_entropy,
-    scaled_dot_product_attention,
     softmax,
 )
 
@@ -65,17 +65,17 @@ def test_sdpa_matches_torch(causal):
     mask = torch.rand(5, 7) > 0.3
     mask[:, 0] = True  # no fully masked row here (torch gives NaN for those)
     for m in (None, mask):
-        ours = scaled_dot_product_attention(q, k, v, mask=m, is_causal=causal and m is None)
+        ours = naive_attention(q, k, v, causal=causal and m is None, mask=m)  # the one full-score attention
         ref = F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal and m is None)
         torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_sdpa_large_logits_and_fully_masked_rows():
     q, k, v = torch.randn(1, 1, 3, 4) * 1e4, torch.randn(1, 1, 3, 4) * 1e4, torch.randn(1, 1, 3, 4)
-    out = scaled_dot_product_attention(q, k, v)
+    out = naive_attention(q, k, v)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
     mask = torch.tensor([[True, True, False], [False, False, False], [True, False, True]])
-    out = scaled_dot_product_attention(q, k, v, mask=mask)
+    out = naive_attention(q, k, v, mask=mask)
     assert torch.isfinite(out).all() and torch.equal(out[0, 0, 1], torch.zeros(4))
 
 
@@ -114,19 +114,27 @@ def test_norms_match_torch_and_keep_dtype():
 
 
 def test_rope_rotates_relative_positions():
-    rope = RotaryEmbedding(8, 16)
+    rope = RotaryEmbedding(8)
+
+    def rot(x, p):
+        return apply_rotary(x, *rope.tables(torch.tensor([[p]])))
+
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
-    dot = [(rope(q, torch.tensor([p + s])) * rope(k, torch.tensor([s]))).sum() for p, s in ((3, 0), (3, 7))]
+    dot = [(rot(q, p + s) * rot(k, s)).sum() for p, s in ((3, 0), (3, 7), (3, 100_000))]
     torch.testing.assert_close(dot[0], dot[1])  # depends only on the offset
-    assert torch.allclose(rope(q, torch.tensor([0])), q)
-    rope.ensure(41)  # grown on demand, by the model, before a forward past the table
-    assert rope(q, torch.tensor([40])).shape == q.shape and rope.cos.shape[0] >= 41
+    torch.testing.assert_close(dot[0], dot[2], rtol=1e-4, atol=1e-4)  # no table, no cap on the position
+    assert torch.allclose(rot(q, 0), q)
+    # the same angles as the fp64 table the layers used to keep
+    inv = (1.0 / 10_000.0 ** (torch.arange(0, 8, 2, dtype=torch.float64) / 8)).float().double()
+    cos, _ = rope.tables(torch.arange(50)[None])
+    assert torch.equal(cos[0], torch.outer(torch.arange(50, dtype=torch.float64), inv).cos().float())
 
 
 def test_sinusoidal_table():
-    pe = SinusoidalPositions(10, 6)(torch.arange(10))
+    pe = SinusoidalPositions(6)(torch.arange(10))
     assert torch.allclose(pe[0], torch.tensor([0.0, 1.0] * 3))
     assert torch.allclose(pe[:, 0], torch.sin(torch.arange(10.0)))
+    assert SinusoidalPositions(5)(torch.arange(3)).shape == (3, 5)
 
 
 def test_cross_entropy_gradient_matches_torch():

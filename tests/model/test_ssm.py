@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from scratchlm.model import ModelConfig, SSMConfig, TransformerLM
+from scratchlm.model.context import mixer_context
 from scratchlm.model.primitives import cross_entropy
 from scratchlm.model.ssm import S4DMixer
 
@@ -64,11 +65,11 @@ def test_conv_equals_recurrence_equals_naive_kernel():
 def test_cached_mixer_in_any_chunks_equals_full(chunks):
     m = make_mixer().eval()
     x = torch.randn(2, 20, D, dtype=torch.float64)
-    full = m(x, torch.arange(20))
+    full = m(x, mixer_context(torch.arange(20)))
     cache = m.new_cache(2, 20, x.device, x.dtype)
     outs, t = [], 0
     for n in chunks:
-        outs.append(m(x[:, t : t + n], torch.arange(t, t + n), cache))
+        outs.append(m(x[:, t : t + n], mixer_context(torch.arange(t, t + n), layer_cache=cache)))
         t += n
     assert cache.state.shape == (2, D, N // 2) and cache.length == 20
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-12, rtol=1e-10)
@@ -77,7 +78,7 @@ def test_cached_mixer_in_any_chunks_equals_full(chunks):
 def test_init_is_s4d_lin_and_survives_init_weights():
     cfg = SSMConfig(state_dim=N, dt_min=1e-3, dt_max=1e-1)
     model = TransformerLM(ModelConfig(**{**BASE, "ssm": cfg}, layer_pattern="M"))
-    ssm = model.blocks[0].mixer.ssm
+    ssm = model.blocks["0"].mixer.ssm
     torch.testing.assert_close(torch.exp(ssm.log_A_real), torch.full((D, N // 2), 0.5))
     torch.testing.assert_close(ssm.A_imag, math.pi * torch.arange(N // 2).float().expand(D, -1))
     dt = torch.exp(ssm.log_dt)
@@ -89,7 +90,8 @@ def test_causal_up_to_fft_rounding():
     x = torch.randn(1, 24, D)
     y = x.clone()
     y[:, 10] += 1.0
-    a, b = m(x, torch.arange(24)), m(y, torch.arange(24))
+    ctx = mixer_context(torch.arange(24))
+    a, b = m(x, ctx), m(y, ctx)
     # The FFT mixes every position, so the past moves by rounding error only (~1e-7), never by signal.
     torch.testing.assert_close(a[:, :10], b[:, :10], atol=1e-5, rtol=0)
     assert (a[:, 10:] - b[:, 10:]).abs().amax() > 1e-3

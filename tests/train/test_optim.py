@@ -287,9 +287,9 @@ def test_param_groups_specific_parameters():
 
 def test_param_groups_skip_frozen_parameters():
     model = make_model()
-    model.blocks[0].mixer.q_proj.weight.requires_grad_(False)
+    model.blocks["0"].mixer.q_proj.weight.requires_grad_(False)
     groups = param_groups(model, OptimConfig())
-    assert all(p is not model.blocks[0].mixer.q_proj.weight for g in groups for p in g["params"])
+    assert all(p is not model.blocks["0"].mixer.q_proj.weight for g in groups for p in g["params"])
 
 
 @pytest.mark.parametrize("name", ["adamw", "muon", "soap"])
