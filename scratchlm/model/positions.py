@@ -34,7 +34,9 @@ class RotaryEmbedding(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, device=None) -> None:
         device = device or self.inv_freq.device
-        inv = 1.0 / self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=device) / self.head_dim)
+        inv = 1.0 / self.theta ** (
+            torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=device) / self.head_dim
+        )
         self.inv_freq = inv.float()
 
     def tables(self, positions: Tensor) -> tuple[Tensor, Tensor]:
@@ -86,7 +88,9 @@ class SinusoidalPositions(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, device=None) -> None:
         device = device or self.div.device
-        self.div = torch.exp(torch.arange(0, self.dim, 2, dtype=torch.float64, device=device) * (-math.log(10_000.0) / self.dim))
+        self.div = torch.exp(
+            torch.arange(0, self.dim, 2, dtype=torch.float64, device=device) * (-math.log(10_000.0) / self.dim)
+        )
 
     def check(self, n: int) -> None:
         pass  # any position has its features

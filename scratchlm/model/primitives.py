@@ -122,7 +122,13 @@ def _torch_relu2(x: Tensor) -> Tensor:
 
 # The same functions through torch's fused kernels (one pass forward and backward instead of a chain of
 # elementwise ops and saved tensors); `ops="torch"` picks these.
-TORCH_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_tanh": _torch_gelu_tanh, "relu2": _torch_relu2, "silu": F.silu}
+TORCH_ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": _torch_gelu_tanh,
+    "relu2": _torch_relu2,
+    "silu": F.silu,
+}
 
 
 def activation(name: str, ops: str = "torch"):

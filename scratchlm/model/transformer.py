@@ -60,7 +60,9 @@ class TransformerLM(nn.Module):
             self.attend = build_attend(cfg)
             # Keyed by layer index, so pipeline stages that keep some blocks keep their parameter names.
             self.blocks = nn.ModuleDict({str(i): Block(cfg, i, self.attend) for i in range(cfg.n_layers)})
-            self.norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias, cfg.ops) if cfg.final_norm else nn.Identity()
+            self.norm = (
+                build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias, cfg.ops) if cfg.final_norm else nn.Identity()
+            )
             self.head = Linear(cfg.d_model, cfg.vocab_size, bias=False, std=cfg.init_std)
             self.rope = RotaryEmbedding(self.rope_dim, cfg.rope_theta) if self.rope_dim else None
         self._tie()
