@@ -27,6 +27,7 @@ STAGES = {
     "model": "scratchlm.model.cli",
     "train": "scratchlm.train.cli",
     "scaling": "scratchlm.scaling.cli",
+    "infer": "scratchlm.infer.cli",  # also registers `scratchlm generate`, the older spelling of `infer generate`
 }
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +205,42 @@ def minhash_plan(
     return DedupPlan(drops, info=info)
 
 
+# ---------------------------------------------------------------------------------------------- map + reduce
+# `inputs` holds one (path, ReadOptions) per shard. `run_map(fn, args, step=None)` runs a map step over
+# workers and returns its results in order: the file-level functions below pass a process pool, the
+# pipeline's global stages (`stages.GLOBAL_STAGES`) its executor; `step` names a secondary map ("verify").
+
+Inputs = list[tuple[str, ReadOptions]]
+
+
+def plan_exact(inputs: Inputs, run_map: Callable, normalize: bool = False) -> DedupPlan:
+    return exact_plan(run_map(exact_hashes_task, [(path, opts, normalize) for path, opts in inputs]))
+
+
+def plan_lines(inputs: Inputs, run_map: Callable, keep_blank_lines: bool = True) -> DedupPlan:
+    return line_plan(run_map(line_counts_task, [(path, opts, keep_blank_lines) for path, opts in inputs]))
+
+
+def plan_minhash(
+    inputs: Inputs,
+    run_map: Callable,
+    num_hashes: int,
+    num_bands: int,
+    ngrams: int,
+    jaccard_threshold: float,
+    seed: int = 0,
+) -> DedupPlan:
+    args = [(path, opts, num_hashes, num_bands, ngrams, seed) for path, opts in inputs]
+    results = run_map(minhash_keys_task, args)
+
+    def fetch(wanted: dict[int, list[int]]) -> dict[tuple[int, int], tuple[str, str]]:
+        shards = sorted(wanted)
+        got = run_map(fetch_texts_task, [(*inputs[s], wanted[s]) for s in shards], "verify")
+        return {(s, i): v for s, docs in zip(shards, got) for i, v in docs.items()}
+
+    return minhash_plan(results, fetch, ngrams, jaccard_threshold)
+
+
 # ---------------------------------------------------------------------------------------------- apply step
 
 
@@ -296,11 +331,20 @@ def _json_doc(line: bytes, text_field: str) -> dict | None:
     return rec
 
 
+def _inputs(paths: list[Path]) -> Inputs:
+    return [(str(p), _file_options(p)) for p in paths]
+
+
+def _pool(workers: int | None) -> Callable:
+    """A `run_map` over a local process pool of `workers` (None: one per core)."""
+    return lambda fn, args, step=None: _map(fn, args, workers)
+
+
 def _map(fn: Callable, args: list, workers: int | None) -> list:
     from scratchlm.data.executors import LocalExecutor, TaskFailure
 
     results: list = [None] * len(args)
-    for i, r in LocalExecutor(workers or min(len(args), os.cpu_count() or 1) or 1).map(fn, args):
+    for i, r in LocalExecutor(workers or 0).map(fn, args):  # 0: one process per core, at most one per arg
         if isinstance(r, TaskFailure):
             raise ScratchLMError(f"dedup failed on {args[i][0]}: {r.error}")
         results[i] = r
@@ -309,7 +353,7 @@ def _map(fn: Callable, args: list, workers: int | None) -> list:
 
 def exact_dedup(input_paths: list[str | Path], output_dir: str | Path, *, workers: int | None = None) -> dict:
     paths, out = _check_outputs(input_paths, output_dir)
-    plan = exact_plan(_map(exact_hashes_task, [(str(p), _file_options(p), False) for p in paths], workers))
+    plan = plan_exact(_inputs(paths), _pool(workers))
     files = [_rewrite(p, out, d, {}) for p, d in zip(paths, plan.drops)]
     return {"files": len(files), "kept": sum(f["kept"] for f in files), "dropped": sum(f["dropped"] for f in files)}
 
@@ -334,10 +378,10 @@ def exact_line_dedup(
     with no text is still written (line dedup removes lines, not documents).
     """
     paths, out = _check_outputs(input_paths, output_dir)
-    args = [(str(p), _file_options(p), keep_blank_lines) for p in paths]
-    plan = line_plan(_map(line_counts_task, args, workers))
+    inputs = _inputs(paths)
+    plan = plan_lines(inputs, _pool(workers), keep_blank_lines)
     dup = plan.duplicated_lines
-    new_texts = _map(_line_dedup_task, [(str(p), _file_options(p), dup, keep_blank_lines) for p in paths], workers)
+    new_texts = _map(_line_dedup_task, [(path, opts, dup, keep_blank_lines) for path, opts in inputs], workers)
     files = [_rewrite(p, out, {}, t) for p, t in zip(paths, new_texts)]
     return {"files": len(files), "duplicated_distinct_lines": int(dup.size), **plan.info} | {
         "documents_changed": sum(len(t) for t in new_texts),
@@ -361,17 +405,7 @@ def minhash_dedup(
     in input order)."""
     check_lsh(num_hashes, num_bands)
     paths, out = _check_outputs(input_paths, output_dir)
-    opts = [_file_options(p) for p in paths]
-    results = _map(
-        minhash_keys_task, [(str(p), o, num_hashes, num_bands, ngrams, seed) for p, o in zip(paths, opts)], workers
-    )
-
-    def fetch(wanted: dict[int, list[int]]) -> dict[tuple[int, int], tuple[str, str]]:
-        shards = sorted(wanted)
-        got = _map(fetch_texts_task, [(str(paths[s]), opts[s], wanted[s]) for s in shards], workers)
-        return {(s, i): v for s, docs in zip(shards, got) for i, v in docs.items()}
-
-    plan = minhash_plan(results, fetch, ngrams, jaccard_threshold)
+    plan = plan_minhash(_inputs(paths), _pool(workers), num_hashes, num_bands, ngrams, jaccard_threshold, seed)
     files = [_rewrite(p, out, d, {}) for p, d in zip(paths, plan.drops)]
     return {
         "files": len(files),

@@ -12,7 +12,6 @@ instead of exceptions, so one bad shard does not stop the others.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import traceback
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.errors import ScratchLMError
+from scratchlm.workers import default_workers, process_context
 
 
 @dataclass
@@ -37,10 +37,6 @@ def _call(fn: Callable, arg: Any) -> Any:
         return TaskFailure(f"{type(e).__name__}: {e}", traceback.format_exc())
 
 
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 class LocalExecutor:
     """A process pool (fork where available, so stages registered at run time reach the workers)."""
 
@@ -52,8 +48,7 @@ class LocalExecutor:
             for i, a in enumerate(args):
                 yield i, _call(fn, a)
             return
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = ProcessPoolExecutor(min(self.workers, len(args)), mp_context=ctx)
+        pool = ProcessPoolExecutor(min(self.workers, len(args)), mp_context=process_context())
         try:
             pending: dict[Future, int] = {pool.submit(_call, fn, a): i for i, a in enumerate(args)}
             while pending:

@@ -37,6 +37,7 @@ from scratchlm.data.pipeline import (
 )
 from scratchlm.data.readers import ReadOptions
 from scratchlm.data.shard_task import JSONL_OPTIONS, run_shard_task, tokenize_shard_task
+from scratchlm.data.stages import GLOBAL_STAGES
 from scratchlm.data.stats import merge_stats
 from scratchlm.errors import ScratchLMError
 from scratchlm.io import atomic_write, read_json, write_json
@@ -187,8 +188,6 @@ def _global_plan(phase: Phase, upstream, executor, work: Path, progress, log) ->
     """Map over shards, reduce on the driver; the plan is saved and reused while its fingerprint holds."""
     if phase.global_stage is None:
         return None
-    from scratchlm.data import dedup
-
     name, gcfg = phase.global_stage
     fp = fingerprint(phase.config()[0], [u.fp for u in upstream])
     plan_path = work / "plan.json"
@@ -199,30 +198,12 @@ def _global_plan(phase: Phase, upstream, executor, work: Path, progress, log) ->
             return prev
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if name == "exact_dedup":
-        results = _map_all(
-            executor, dedup.exact_hashes_task, [(str(u.path), u.opts, gcfg.normalize) for u in upstream], name, progress
-        )
-        p = dedup.exact_plan(results)
-    elif name == "line_dedup":
-        args = [(str(u.path), u.opts, gcfg.keep_blank_lines) for u in upstream]
-        p = dedup.line_plan(_map_all(executor, dedup.line_counts_task, args, name, progress))
-    else:
-        args = [(str(u.path), u.opts, gcfg.num_hashes, gcfg.num_bands, gcfg.ngrams, gcfg.seed) for u in upstream]
-        results = _map_all(executor, dedup.minhash_keys_task, args, name, progress)
 
-        def fetch(wanted):
-            shards = sorted(wanted)
-            got = _map_all(
-                executor,
-                dedup.fetch_texts_task,
-                [(str(upstream[s].path), upstream[s].opts, wanted[s]) for s in shards],
-                "verify",
-                False,
-            )
-            return {(s, i): v for s, docs in zip(shards, got) for i, v in docs.items()}
+    def run_map(fn, args, step=None):
+        """The stage's map step with a progress bar, or a secondary one (`step`, e.g. "verify") without."""
+        return _map_all(executor, fn, args, step or name, progress and step is None)
 
-        p = dedup.minhash_plan(results, fetch, gcfg.ngrams, gcfg.jaccard_threshold)
+    p = GLOBAL_STAGES[name].plan(gcfg, [(str(u.path), u.opts) for u in upstream], run_map)
     plan = {"fingerprint": fp, "stage": name, "info": {**p.info, "seconds": round(time.perf_counter() - t0, 3)}}
     plan["drops"] = [{str(k): v for k, v in d.items()} for d in p.drops]
     if p.duplicated_lines is not None:
@@ -253,12 +234,12 @@ def _global_task(phase: Phase, plan: dict | None, shard_index: int) -> dict | No
     if plan is None:
         return None
     name, gcfg = phase.global_stage
-    task = {"stage": name, "drops": {int(k): v for k, v in plan["drops"][shard_index].items()}}
-    if name == "line_dedup":
-        task.update(
-            duplicated_lines=plan["duplicated_lines"], keep_blank=gcfg.keep_blank_lines, drop_empty=gcfg.drop_empty
-        )
-    return task
+    return {
+        "stage": name,
+        "config": gcfg,
+        "drops": {int(k): v for k, v in plan["drops"][shard_index].items()},
+        "duplicated_lines": plan.get("duplicated_lines"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- tokens
@@ -266,10 +247,9 @@ def _global_task(phase: Phase, plan: dict | None, shard_index: int) -> dict | No
 
 def _check_tokenizer(path: str) -> dict:
     from scratchlm.tokenizer import load_tokenizer
-    from scratchlm.tokenizer.encode_corpus import document_separator
 
     tok = load_tokenizer(Path(path))
-    if document_separator(tok) is None:
+    if tok.end_of_text is None:
         raise ScratchLMError(f"tokenizer {path} has no special token to separate documents (e.g. <|endoftext|>)")
     return {"path": str(Path(path).resolve()), "hash": tok.hash}
 

@@ -13,42 +13,12 @@ from typing import Any
 
 from scratchlm.data.document import Document
 from scratchlm.data.readers import ReadOptions, read_documents
-from scratchlm.data.stages import build_local
+from scratchlm.data.stages import GLOBAL_STAGES, build_local
 from scratchlm.data.stats import StageStats
 from scratchlm.io import atomic_write, write_json
 
 JSONL_OPTIONS = ReadOptions(format="jsonl")  # how later phases read the shards earlier phases wrote
 BATCH = 64  # documents a stage sees at once (only stages with a `batch` method make use of it)
-
-
-class GlobalApply:
-    """The apply step of a global stage: drops decided by the plan, or lines removed (line dedup)."""
-
-    def __init__(self, task: dict[str, Any]):
-        self.drops: dict[int, str] = task["drops"]
-        self.index = -1  # documents arrive in shard order: their position is the plan's key
-        self.dup = None
-        if task["stage"] == "line_dedup":
-            import numpy as np
-
-            self.dup = np.load(task["duplicated_lines"], mmap_mode="r")
-            self.keep_blank, self.drop_empty = task["keep_blank"], task["drop_empty"]
-        self.reason = {"exact_dedup": "duplicate", "minhash_dedup": "near_duplicate"}.get(task["stage"])
-
-    def __call__(self, doc: Document, stats: StageStats):
-        self.index += 1
-        if self.dup is None:
-            detail = self.drops.get(self.index)
-            return (self.reason, detail) if detail is not None else None
-        from scratchlm.data.dedup import remove_lines
-
-        text, removed = remove_lines(doc.text, self.dup, self.keep_blank)
-        if removed:
-            stats.count("lines_removed", removed)
-            doc.text = text
-        if self.drop_empty and not text.strip():
-            return "empty_after_line_dedup", f"{removed} lines removed"
-        return None
 
 
 def run_shard_task(task: dict[str, Any]) -> dict[str, Any]:
@@ -57,9 +27,8 @@ def run_shard_task(task: dict[str, Any]) -> dict[str, Any]:
     read_stats = StageStats("read", max_examples=k)
     chain: list[tuple[str, Any, StageStats]] = []
     if task["global"] is not None:
-        chain.append(
-            (task["global"]["stage"], GlobalApply(task["global"]), StageStats(task["global"]["stage"], max_examples=k))
-        )
+        name = task["global"]["stage"]
+        chain.append((name, GLOBAL_STAGES[name].apply(task["global"]), StageStats(name, max_examples=k)))
     for name, cfg in task["local"]:
         chain.append((name, build_local(name, cfg), StageStats(name, max_examples=k)))
     raise_errors = task["on_error"] == "raise"
@@ -148,10 +117,10 @@ def tokenize_shard_task(task: dict[str, Any]) -> dict[str, Any]:
     import os
     import tempfile
 
-    from scratchlm.tokenizer.encode_corpus import document_separator, encode_file
+    from scratchlm.tokenizer.encode_corpus import encode_file
 
     tok = _tokenizer(task["tokenizer"])
-    sep = document_separator(tok)
+    sep = tok.end_of_text
     out = Path(task["output"])
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".txt", dir=out.parent)
     docs = 0

@@ -4,7 +4,8 @@ A local stage is called on one document at a time, `stage(doc, stats) -> None | 
 None keeps the document (possibly rewritten), a reason drops it. A stage whose library has a large
 per-call cost may also define `batch(docs, stats) -> [result, ...]`; the runner then hands it batches.
 Global stages (dedup) need the whole corpus and run as map -> reduce -> apply (see `dedup.py` and
-`runner.py`); here they only declare their config. Stages are built from the `[[stages]]` tables of a pipeline file:
+`runner.py`); each is one `GLOBAL_STAGES` entry: its config, its plan (map + reduce) and its apply step.
+Stages are built from the `[[stages]]` tables of a pipeline file:
 
     [[stages]]
     stage = "language"
@@ -251,13 +252,84 @@ class Length:
         return None
 
 
+# ---------------------------------------------------------------------------------------------- global stages
+# plan(config, inputs, run_map) runs on the driver: inputs holds each shard's (path, ReadOptions), run_map
+# maps a task over the workers (dedup.py). apply(task) runs in a shard's worker, task = {"stage", "config",
+# "drops": {document index in the shard: detail}, "duplicated_lines": path of an .npy file or None}.
+
+
+def _plan_exact(cfg: ExactDedupConfig, inputs: list, run_map: Callable):
+    from scratchlm.data.dedup import plan_exact
+
+    return plan_exact(inputs, run_map, cfg.normalize)
+
+
+def _plan_lines(cfg: LineDedupConfig, inputs: list, run_map: Callable):
+    from scratchlm.data.dedup import plan_lines
+
+    return plan_lines(inputs, run_map, cfg.keep_blank_lines)
+
+
+def _plan_minhash(cfg: MinhashDedupConfig, inputs: list, run_map: Callable):
+    from scratchlm.data.dedup import plan_minhash
+
+    return plan_minhash(inputs, run_map, cfg.num_hashes, cfg.num_bands, cfg.ngrams, cfg.jaccard_threshold, cfg.seed)
+
+
+class DropPlanned:
+    """Drop the documents the plan names, with `reason`; documents arrive in shard order, their position is the key."""
+
+    def __init__(self, task: dict[str, Any], reason: str):
+        self.drops: dict[int, str] = task["drops"]
+        self.reason = reason
+        self.index = -1
+
+    def __call__(self, doc: Document, stats: StageStats) -> Result:
+        self.index += 1
+        detail = self.drops.get(self.index)
+        return (self.reason, detail) if detail is not None else None
+
+
+class RemoveLines:
+    """Remove the lines the plan found duplicated; drop a document left empty if the config says so."""
+
+    def __init__(self, task: dict[str, Any]):
+        import numpy as np
+
+        self.dup = np.load(task["duplicated_lines"], mmap_mode="r")
+        self.cfg: LineDedupConfig = task["config"]
+
+    def __call__(self, doc: Document, stats: StageStats) -> Result:
+        from scratchlm.data.dedup import remove_lines
+
+        text, removed = remove_lines(doc.text, self.dup, self.cfg.keep_blank_lines)
+        if removed:
+            stats.count("lines_removed", removed)
+            doc.text = text
+        if self.cfg.drop_empty and not text.strip():
+            return "empty_after_line_dedup", f"{removed} lines removed"
+        return None
+
+
 # ---------------------------------------------------------------------------------------------- registry
 
 
 @dataclass(frozen=True)
 class StageSpec:
+    """A local stage: its settings and how to build the per-document callable."""
+
     config: type  # the settings dataclass
-    build: Callable[[Any], Callable] | None  # local stages: config -> callable; None for global stages
+    build: Callable[[Any], Callable]  # config -> stage callable (see the module docstring)
+    about: str
+
+
+@dataclass(frozen=True)
+class GlobalStageSpec:
+    """A global stage: map -> reduce on the driver (`plan`), then apply in each shard's worker (`apply`)."""
+
+    config: type  # the settings dataclass
+    plan: Callable[[Any, list, Callable], Any]  # (config, inputs, run_map) -> dedup.DedupPlan (see dedup.py)
+    apply: Callable[[dict], Callable]  # the shard task's "global" dict -> stage callable for its documents
     about: str
 
 
@@ -273,10 +345,22 @@ LOCAL_STAGES: dict[str, StageSpec] = {
     "quality": StageSpec(QualityConfig, Quality, "trained quality classifier"),
     "length": StageSpec(LengthConfig, Length, "character length bounds"),
 }
-GLOBAL_STAGES: dict[str, StageSpec] = {
-    "exact_dedup": StageSpec(ExactDedupConfig, None, "keep the first copy of each identical document"),
-    "line_dedup": StageSpec(LineDedupConfig, None, "remove lines that occur more than once in the corpus"),
-    "minhash_dedup": StageSpec(MinhashDedupConfig, None, "MinHash + LSH near-duplicate removal"),
+GLOBAL_STAGES: dict[str, GlobalStageSpec] = {
+    "exact_dedup": GlobalStageSpec(
+        ExactDedupConfig,
+        _plan_exact,
+        lambda t: DropPlanned(t, "duplicate"),
+        "keep the first copy of each identical document",
+    ),
+    "line_dedup": GlobalStageSpec(
+        LineDedupConfig, _plan_lines, RemoveLines, "remove lines that occur more than once in the corpus"
+    ),
+    "minhash_dedup": GlobalStageSpec(
+        MinhashDedupConfig,
+        _plan_minhash,
+        lambda t: DropPlanned(t, "near_duplicate"),
+        "MinHash + LSH near-duplicate removal",
+    ),
 }
 
 

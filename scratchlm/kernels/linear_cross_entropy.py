@@ -14,13 +14,14 @@ follows (use the unfused path for evaluation).
 
 Backends: "triton" (the matmuls stay cuBLAS; a Triton kernel does each chunk's row-wise
 log-sum-exp, loss and in-place gradient in one pass over the logits), "reference" (the same
-chunks in PyTorch), "naive" (full logits + `scratchlm.model.primitives.cross_entropy`), "auto"
-(triton on CUDA, else reference).
+chunks in PyTorch), "naive" (full logits + torch's `F.cross_entropy`), "auto" (triton on CUDA, else
+reference).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from scratchlm.errors import ScratchLMError
@@ -112,9 +113,13 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy_naive(h: Tensor, weight: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
-    from scratchlm.model.primitives import cross_entropy
-
-    return cross_entropy(h @ weight.T, targets, ignore_index=ignore_index)
+    """The plain reference: the full logits, in fp32 at least, and torch's cross-entropy (mean over kept targets)."""
+    logits = h @ weight.T  # (..., V)
+    V = logits.shape[-1]
+    flat_t = targets.reshape(-1)
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32)).reshape(-1, V)  # (N, V)
+    loss = F.cross_entropy(x, flat_t, ignore_index=ignore_index, reduction="sum")
+    return loss / (flat_t != ignore_index).sum().clamp_min(1)  # 0, not nan, when every target is ignored
 
 
 def linear_cross_entropy(

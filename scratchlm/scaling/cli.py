@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scratchlm.config import add_config_arguments
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -65,15 +67,8 @@ def _study_arguments(p) -> None:
     p.add_argument("--spread", type=float, default=None, help="sizes span [N0/spread, N0*spread] (default 4)")
     p.add_argument("--center", default=None, help="N0: 'chinchilla' (20 tokens/param) or a fit.json")
     p.add_argument("--aspect", type=float, default=None, help="d_model / n_layers of the shapes (default 32)")
-    p.add_argument("--preset", default=None, help="training preset every run starts from (configs/train/)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="training override (repeatable)",
-    )
+    # --preset / --set: the training config every run starts from; --print-config prints the resolved study
+    add_config_arguments(p.add_argument_group("training config of every run (configs/train/)"), "train")
     p.add_argument("--out", default=None, help="study directory (default runs/scaling)")
 
 
@@ -107,6 +102,13 @@ def _study_config(args: argparse.Namespace, budgets, extra: dict | None = None):
     return study
 
 
+def _print_config(study) -> int:
+    from scratchlm.config import to_toml
+
+    print(to_toml(study), end="")
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from scratchlm.scaling.plan import format_plan, plan_study, sweep_spec, write_spec
 
@@ -116,6 +118,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         study.train_set.update({"seq_len": args.seq_len, "model.context_length": args.seq_len})
     if args.vocab is not None:
         study.train_set["model.vocab_size"] = args.vocab
+    if args.print_config:
+        return _print_config(study)
     rows = plan_study(study)
     print(format_plan(rows))
     if args.spec_out:
@@ -130,6 +134,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     extra = {"parallel": args.parallel, "bootstrap": args.bootstrap}
     study = _study_config(args, args.budgets, {k: v for k, v in extra.items() if v is not None})
+    if args.print_config:
+        return _print_config(study)
     summary = run_study(study)
     for name, fit in summary["fits"].items():
         if "error" in fit:

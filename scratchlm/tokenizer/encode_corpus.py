@@ -8,7 +8,6 @@ with its sidecar. The ids are exactly those of `Tokenizer.encode(whole_file)`.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -22,7 +21,7 @@ from scratchlm.progress import progress_bar
 from scratchlm.tokenizer.chunks import ChunkStats, decode_utf8, iter_byte_chunks, work_chunk_bytes
 from scratchlm.tokenizer.token_file import TOKENS_FORMAT, TOKENS_VERSION, sidecar_path, token_dtype
 from scratchlm.tokenizer.tokenizer import Tokenizer
-from scratchlm.tokenizer.train import default_workers
+from scratchlm.workers import default_workers, process_context
 
 _worker_tok: Tokenizer | None = None
 
@@ -36,13 +35,6 @@ def _encode_chunk(data: bytes, dtype: str) -> tuple[bytes, int]:
     """Token ids of one chunk as raw `dtype` bytes, and its count of invalid UTF-8 bytes."""
     text, invalid = decode_utf8(data)
     return np.asarray(_worker_tok.encode(text), dtype=dtype).tobytes(), invalid
-
-
-def document_separator(tok: Tokenizer) -> str | None:
-    """The special token that ends documents: `<|endoftext|>` if present, else the first special."""
-    if "<|endoftext|>" in tok.special_ids:
-        return "<|endoftext|>"
-    return tok.special_tokens[0] if tok.special_tokens else None
 
 
 def encode_file(
@@ -64,8 +56,7 @@ def encode_file(
         raise ScratchLMError("the output token file must not be the input corpus")
     dtype = token_dtype(tok.vocab_size)
     workers = num_workers or default_workers()
-    sep = document_separator(tok)
-    sep_id = tok.special_ids[sep] if sep is not None else None
+    sep, sep_id = tok.end_of_text, tok.end_of_text_id
     stats = ChunkStats()
     chunk_bytes = work_chunk_bytes(input_path.stat().st_size, workers, chunk_bytes)
     chunks = iter_byte_chunks(input_path, tok.special_tokens, chunk_bytes, stats)
@@ -92,7 +83,7 @@ def encode_file(
             for data in chunks:
                 write(_encode_chunk(data, dtype.str))
         else:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            ctx = process_context()
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(tok,)) as pool:
                 inflight: deque[Future] = deque()  # bounded, written back in order
                 for data in chunks:

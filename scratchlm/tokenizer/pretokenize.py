@@ -15,6 +15,8 @@ from functools import lru_cache
 
 import regex
 
+from scratchlm.errors import ScratchLMError
+
 # GPT-2's split pattern (Radford et al. 2019, openai/gpt-2 encoder.py).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -65,6 +67,17 @@ def findall_function(pattern: str = GPT2_PATTERN) -> Callable[[str], list[str]]:
         return compile_pattern(pattern).findall
     classes = unicode_classes()
     return lambda text: pretokenize(text, classes)
+
+
+def check_special_tokens(special_tokens: Iterable[str]) -> list[str]:
+    """Special tokens in first-seen order, duplicates dropped; each a non-empty string."""
+    out: list[str] = []
+    for s in special_tokens:
+        if not isinstance(s, str) or not s:
+            raise ScratchLMError(f"special tokens must be non-empty strings, got {s!r}")
+        if s not in out:
+            out.append(s)
+    return out
 
 
 def special_splitter(special_tokens: Iterable[str]) -> regex.Pattern | None:

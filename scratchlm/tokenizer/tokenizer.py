@@ -22,13 +22,13 @@ from itertools import chain
 from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizer.pretokenize import (
     GPT2_PATTERN,
+    check_special_tokens,
     compile_pattern,
     special_splitter,
     split_special,
     stream_cut,
     unicode_classes,
 )
-from scratchlm.tokenizer.train import check_special_tokens
 
 try:
     from scratchlm.tokenizer._bpe_encode import Merger  # type: ignore[attr-defined]
@@ -39,6 +39,7 @@ try:  # imported apart from Merger: an extension built before it existed lacks i
 except ImportError:
     encode_pretokens = None
 
+END_OF_TEXT = "<|endoftext|>"  # GPT-2's document separator, preferred by `Tokenizer.end_of_text`
 _CACHE_LIMIT = 1 << 20  # distinct pre-tokens remembered before the cache is cleared
 
 
@@ -156,6 +157,22 @@ class Tokenizer:
             h.update(json.dumps(payload, separators=(",", ":")).encode())
             self._hash = h.hexdigest()
         return self._hash
+
+    @property
+    def end_of_text(self) -> str | None:
+        """The special token that ends documents: `<|endoftext|>` if present, else the first special, else None.
+
+        Corpus encoding counts documents with it, the data pipeline writes it between documents, and
+        generation starts from it (empty prompt) and stops at it."""
+        if END_OF_TEXT in self.special_ids:
+            return END_OF_TEXT
+        return self.special_tokens[0] if self.special_tokens else None
+
+    @property
+    def end_of_text_id(self) -> int | None:
+        """The id of `end_of_text`, or None when the tokenizer has no special token."""
+        token = self.end_of_text
+        return None if token is None else self.special_ids[token]
 
     # ------------------------------------------------------------------ encoding
     def _compiled_merger(self):

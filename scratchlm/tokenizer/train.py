@@ -15,7 +15,6 @@ the number of workers or the chunk size.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 from collections import Counter, deque
 from collections.abc import Iterable
@@ -28,7 +27,14 @@ from scratchlm.io import check_input_file
 from scratchlm.progress import progress_bar
 from scratchlm.tokenizer.chunks import ChunkStats, decode_utf8, iter_byte_chunks, work_chunk_bytes
 from scratchlm.tokenizer.merge_loop import merge_loop
-from scratchlm.tokenizer.pretokenize import GPT2_PATTERN, findall_function, special_splitter, split_special
+from scratchlm.tokenizer.pretokenize import (
+    GPT2_PATTERN,
+    check_special_tokens,
+    findall_function,
+    special_splitter,
+    split_special,
+)
+from scratchlm.workers import default_workers, process_context
 
 Vocab = dict[int, bytes]
 Merges = list[tuple[bytes, bytes]]
@@ -48,10 +54,6 @@ def count_chunk(data: bytes, specials: tuple[str, ...], pattern: str = GPT2_PATT
         if not is_special:
             counts.update(findall(piece))
     return counts, invalid
-
-
-def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def count_pretokens_in_file(
@@ -87,8 +89,7 @@ def count_pretokens_in_file(
                 advance()
         else:
             # A bounded number of chunks in flight keeps memory flat however large the file.
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            with ProcessPoolExecutor(workers, mp_context=process_context()) as pool:
                 inflight: deque[Future] = deque()
                 for data in chunks:
                     inflight.append(pool.submit(count_chunk, data, specials, pattern))
@@ -105,17 +106,6 @@ def count_pretokens_in_file(
             "%s: %d bytes are not valid UTF-8; they were replaced by U+FFFD", path, stats.invalid_utf8
         )
     return total
-
-
-def check_special_tokens(special_tokens: Iterable[str]) -> list[str]:
-    """Special tokens in first-seen order, duplicates dropped; each a non-empty string."""
-    out: list[str] = []
-    for s in special_tokens:
-        if not isinstance(s, str) or not s:
-            raise ScratchLMError(f"special tokens must be non-empty strings, got {s!r}")
-        if s not in out:
-            out.append(s)
-    return out
 
 
 def train_bpe_from_counts(

@@ -1,4 +1,4 @@
-"""`scratchlm train` and `scratchlm generate`."""
+"""`scratchlm train` and `scratchlm sweep` (`scratchlm generate` lives in `scratchlm.infer.cli`)."""
 
 from __future__ import annotations
 
@@ -20,17 +20,6 @@ def register(subparsers) -> None:
     t.add_argument("--force", action="store_true", help="replace an existing run in the run directory")
     t.add_argument("--quiet", action="store_true", help="no progress lines")
     t.set_defaults(func=cmd_train)
-
-    g = subparsers.add_parser("generate", help="sample text from a trained run")
-    g.add_argument("--run", type=Path, required=True, help="run directory (its best, else latest checkpoint)")
-    g.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
-    g.add_argument("--max-new-tokens", type=int, default=100)
-    g.add_argument("--temperature", type=float, default=0.8)
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--checkpoint", choices=["best", "latest"], default="best")
-    g.set_defaults(func=cmd_generate)
 
     s = subparsers.add_parser("sweep", help="grid / list of training runs and their results table")
     verbs = s.add_subparsers(dest="verb", metavar="<verb>", required=True)
@@ -82,29 +71,4 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train(cfg, resume=args.resume is not None, overwrite=args.force, progress=not args.quiet)
     steps, tokens, seconds = summary["steps"], summary["tokens"], summary["seconds"]
     print(f"done: {steps} steps, {tokens:,} tokens in {seconds:.0f} s -> {summary['run_dir']}")
-    return 0
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    from scratchlm.train.run import load_run
-
-    model, tokenizer, _ = load_run(args.run, which=args.checkpoint)
-    from scratchlm.model.generate import generate
-
-    sep = tokenizer.special_ids.get("<|endoftext|>")
-    ids = tokenizer.encode(args.prompt) if args.prompt else [sep if sep is not None else 0]
-    out = generate(
-        model,
-        ids,
-        args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop_tokens=[sep] if sep is not None else (),
-        max_len=max(model.config.context_length, len(ids) + args.max_new_tokens)
-        if model.config.positions in ("rope", "none")
-        else None,
-    )
-    print(args.prompt + tokenizer.decode(out[len(ids) :]))
     return 0

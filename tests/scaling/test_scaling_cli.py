@@ -120,6 +120,18 @@ def test_plan_prints_a_table_and_writes_a_loadable_sweep_spec(tmp_path, capsys):
     assert s.points[0].keys() == {"model.d_model", "model.n_layers", "model.n_heads", "steps", "schedule.warmup_steps"}
 
 
+def test_plan_and_sweep_print_the_resolved_study_config(tmp_path, capsys):
+    """--preset / --set / --print-config are the shared config flags, applied to every run's training config."""
+    args = ["--preset", "debug", "--set", "optim.lr=0.01", "--print-config", "--out", str(tmp_path / "s")]
+    assert main(["scaling", "plan", "--budget", "1e12", "--vocab", "300", *args]) == 0
+    out = capsys.readouterr().out
+    assert 'train_preset = "debug"' in out and '"optim.lr" = 0.01' in out and '"model.vocab_size" = 300' in out
+    assert main(["scaling", "sweep", "--budgets", "1e12", "--parallel", "2", *args]) == 0
+    out = capsys.readouterr().out
+    assert "parallel = 2" in out and '"optim.lr" = 0.01' in out
+    assert not (tmp_path / "s").exists()  # printed, nothing planned or trained
+
+
 def test_plan_uses_the_models_own_flops(tmp_path):
     from scratchlm.model.accounting import flops_per_token
     from scratchlm.scaling.config import StudyConfig

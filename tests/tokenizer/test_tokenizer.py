@@ -144,6 +144,21 @@ def test_merges_must_match_vocab():
         Tokenizer({0: b"a"}, [])
 
 
+@pytest.mark.parametrize(
+    "specials, want",
+    [([EOT], EOT), (["<pad>", EOT], EOT), (["<pad>", "<eos>"], "<pad>"), ([], None)],
+    ids=["endoftext", "endoftext-not-first", "first-special", "none"],
+)
+def test_end_of_text_prefers_endoftext_then_the_first_special(specials, want):
+    tok = Tokenizer({i: bytes([i]) for i in range(256)}, [], specials)
+    assert tok.end_of_text == want
+    assert tok.end_of_text_id == (None if want is None else tok.special_ids[want])
+
+
+def test_end_of_text_of_gpt2_is_its_last_id(gpt2):
+    assert gpt2.end_of_text == EOT and gpt2.end_of_text_id == 50256
+
+
 def test_compiled_and_python_bpe_agree_on_gpt2(gpt2):
     pytest.importorskip("scratchlm.tokenizer._bpe_encode", reason="compiled BPE encoder not built")
     import regex
