@@ -1,6 +1,7 @@
 """The model's own accounting: parameters by group, FLOPs per token, memory.
 
     groups = param_groups(model)                  # {"embeddings": ..., "mixer": ..., ...}, sums to numel
+    roles = role_counts(model)                    # {"matrix": ..., "embedding": ..., ...}: the optimizer's partition
     flops = flops_per_token(cfg, seq_len=1024)    # forward FLOPs per token by matmul group, + totals
     mem = memory_estimate(cfg, batch=8, seq_len=1024, dtype_bytes=2)
 
@@ -82,6 +83,19 @@ def param_groups(model: nn.Module) -> dict[str, int]:
     missing = [n for n, p in model.named_parameters() if id(p) not in seen]
     assert sum(groups.values()) == total and not missing, f"parameters in no group: {missing}"
     return groups
+
+
+def role_counts(model: nn.Module) -> dict[str, int]:
+    """Parameter count by role (`TransformerLM.param_roles()`, the partition the optimizer groups by),
+    every role listed; asserts the counts sum to the model's numel."""
+    from scratchlm.model.roles import ROLES
+
+    params = dict(model.named_parameters())
+    counts = dict.fromkeys(ROLES, 0)
+    for name, role in model.param_roles().items():
+        counts[role] += params[name].numel()
+    assert sum(counts.values()) == sum(p.numel() for p in model.parameters()), "roles must partition the params"
+    return counts
 
 
 def active_params(model: nn.Module) -> int:

@@ -214,3 +214,19 @@ def test_activation_estimate_is_the_right_order_of_magnitude(kw):
     real = saved_activation_bytes(model, torch.randint(0, 64, (B, T)))
     est = memory_estimate(cfg, B, T, 4)["activations"]
     assert 0.5 < est / real < 2.0, (est, real)
+
+
+@pytest.mark.parametrize("name", ["dense tied", "moe shared", "ssm hybrid", "mla"])
+def test_role_counts_partition_and_agree_with_groups(name):
+    from scratchlm.model.accounting import role_counts
+
+    model = TransformerLM(cfg_of(CONFIGS[name]))
+    roles = role_counts(model)
+    groups = param_groups(model)
+    assert sum(roles.values()) == model.num_params
+    assert roles["embedding"] + roles["head"] == groups["embeddings"] + groups["head"]
+    # experts: the stacked weights are "expert", their biases "norm_bias"
+    bias = sum(p.numel() for n, p in model.named_parameters() if ".experts.b_" in n)
+    assert roles["expert"] == groups["experts"] - bias
+    ssm = sum(p.numel() for n, p in model.named_parameters() if ".ssm." in n)
+    assert roles["ssm"] == ssm
