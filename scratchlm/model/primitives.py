@@ -178,3 +178,22 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100, red
     if reduction == "mean":
         return loss.sum() / keep.sum().clamp_min(1)
     raise ValueError(f"unknown reduction {reduction!r}")
+
+
+def torch_cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """`cross_entropy` through torch's fused log-softmax + NLL (fewer passes over the (N, V) logits, forward
+    and backward); the same semantics: fp32 at least, a mean over kept targets that is 0 when none is kept."""
+    V = logits.shape[-1]
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32)).reshape(-1, V)
+    flat = targets.reshape(-1)
+    if reduction == "none":
+        return F.cross_entropy(x, flat, ignore_index=ignore_index, reduction="none").view(targets.shape)
+    total = F.cross_entropy(x, flat, ignore_index=ignore_index, reduction="sum")
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / (flat != ignore_index).sum().clamp_min(1)
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+CROSS_ENTROPY = {"own": cross_entropy, "torch": torch_cross_entropy}  # by ModelConfig.ops

@@ -149,3 +149,21 @@ def test_cross_entropy_gradient_matches_torch():
     assert torch.autograd.gradcheck(
         lambda x: cross_entropy(x, targets[:, :2]), (torch.randn(3, 2, 13, dtype=torch.float64, requires_grad=True),)
     )
+
+
+def test_torch_cross_entropy_equals_the_own_one():
+    from scratchlm.model.primitives import torch_cross_entropy
+
+    logits = (torch.randn(3, 5, 13) * 4).requires_grad_(True)
+    ref = logits.detach().clone().requires_grad_(True)
+    targets = torch.randint(0, 13, (3, 5))
+    targets[0, :2] = -100
+    for red in ("mean", "sum", "none"):
+        torch.testing.assert_close(
+            torch_cross_entropy(logits, targets, reduction=red), cross_entropy(ref, targets, reduction=red)
+        )
+    torch_cross_entropy(logits, targets).backward()
+    cross_entropy(ref, targets).backward()
+    torch.testing.assert_close(logits.grad, ref.grad)
+    none_kept = torch.full((3, 5), -100)
+    assert torch_cross_entropy(logits, none_kept).item() == 0.0 == cross_entropy(logits, none_kept).item()
