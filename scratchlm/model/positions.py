@@ -72,7 +72,8 @@ class LearnedPositions(nn.Module):
             raise ValueError(f"position {n - 1} is beyond the {self.weight.shape[0]} learned positions")
 
     def forward(self, pos: Tensor) -> Tensor:  # (B|1, T) -> (B|1, T, D)
-        return self.weight[pos]
+        # index_select, as `Embedding`: its backward is an index_add, not advanced indexing's index_put
+        return torch.index_select(self.weight, 0, pos.reshape(-1)).view(*pos.shape, -1)
 
 
 class SinusoidalPositions(nn.Module):
