@@ -94,7 +94,7 @@ def copy_weights(ours: TransformerLM, stock: StockLM) -> None:
     with torch.no_grad():
         stock.emb.weight.copy_(ours.embed.weight)
         stock.norm.weight.copy_(ours.norm.weight)
-        for sb, ob in zip(stock.blocks, ours.blocks, strict=True):
+        for sb, ob in zip(stock.blocks, ours.blocks.values(), strict=True):
             m, f = ob.mixer, ob.mlp
             pairs = [(sb.q, m.q_proj), (sb.kp, m.k_proj), (sb.v, m.v_proj), (sb.o, m.o_proj)]
             pairs += [(sb.gate, f.gate), (sb.up, f.up), (sb.down, f.down)]
