@@ -275,7 +275,7 @@ def load_config(
     if preset is not None:
         path = preset_path(stage or "", preset)
         data = read_toml(path)
-        for key in _flatten(data):
+        for key in flatten(data):
             _check_key_in_file(cls, key, path)
     if base:
         data = deep_merge(data, base)
@@ -292,14 +292,16 @@ def _check_key_in_file(cls: type, key: str, path: Path) -> None:
         raise ScratchLMError(f"{path}: {e}") from None
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}, "c": 2} -> {"a.b": 1, "c": 2}: dotted keys, as `--set` takes them. An empty
+    table stays one key (value {}), so a preset's `[table]` is still checked against the dataclass."""
+    out: dict[str, Any] = {}
     for k, v in data.items():
-        if isinstance(v, dict):
-            keys += _flatten(v, prefix + k + ".") or [prefix + k]
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
-            keys.append(prefix + k)
-    return keys
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def validate(cfg: Any) -> None:

@@ -2,45 +2,35 @@
 
     torchrun --nproc_per_node 2 -m scratchlm train --preset quickstart
 
-Each process draws the same global batch of windows and trains on its slice (see train/loop.py),
-DDP averages the gradients, so N processes with per-process batch B follow the same trajectory as
-one process with batch N * B (tested: 2 gloo processes == 1 process).
+Each process draws the same global batch of windows and trains on its slice (train/trainer.py), DDP
+averages the gradients, so N processes with per-process batch B follow the same trajectory as one
+process with batch N * B (tested: 2 gloo processes == 1 process). `parallelize` applies `wrap_ddp`
+last, around the (compiled) model.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 
-def init_process_group(device: torch.device) -> tuple[int, int]:
-    """Join the process group described by torchrun's environment; returns (rank, local_rank)."""
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+def wrap_ddp(module: nn.Module, device: torch.device) -> DistributedDataParallel:
+    """DDP around `module` (the model, or its compiled wrapper).
 
-
-def wrap_ddp(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+    `find_unused_parameters` stays off: every parameter of a `TransformerLM` takes part in every step,
+    MoE included (the experts are stacked (E, out, in) tensors, used as soon as any token is routed),
+    so DDP needs no graph walk per step, and the head weight may be read outside DDP's forward (a fused
+    head + loss on the hidden states)."""
     ids = [device.index] if device.type == "cuda" else None
-    # Parameters unused in a step (e.g. an MoE expert that got no token) must not hang the all-reduce.
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=_has_moe(model))
-
-
-def _has_moe(model: torch.nn.Module) -> bool:
-    return model.config.moe.num_experts > 0
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=False)
 
 
 def all_reduce_mean(value: float, device: torch.device) -> float:
+    """Mean of a Python number over the processes (the number itself when not distributed)."""
     if not dist.is_initialized():
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t) / dist.get_world_size()
-
-
-def cleanup() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()

@@ -87,7 +87,7 @@ class ModelConfig:
     # project's elementwise primitives (`primitives.py`, `norms.py`), the readable reference they are tested against.
     ops: Literal["torch", "own"] = "torch"
     fused_swiglu: bool = False  # silu(gate) * up as one kernel (scratchlm.kernels.swiglu); needs mlp="swiglu", no MoE
-    fused_loss: bool = False  # TransformerLM.loss: chunked head + cross-entropy, never the (tokens x V) logits
+    fused_loss: bool = False  # training loss (build_loss): chunked head + cross-entropy, no (tokens x V) logits
     bias: bool = False  # biases in every linear layer and LayerNorm (GPT-2)
     qkv_bias: bool = False  # biases in the q/k/v projections only (Qwen2)
     tie_embeddings: bool = True  # output head shares the token embedding matrix

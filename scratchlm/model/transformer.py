@@ -34,7 +34,7 @@ from scratchlm.model.positions import (
     SinusoidalPositions,
     build_absolute_positions,
 )
-from scratchlm.model.primitives import Embedding, Linear, cross_entropy
+from scratchlm.model.primitives import Embedding, Linear
 from scratchlm.model.roles import ROLES, param_roles
 
 
@@ -143,7 +143,6 @@ class TransformerLM(nn.Module):
         cache: ModelCache | None = None,
         positions: Tensor | None = None,
         output: str = "logits",
-        targets: Tensor | None = None,
     ) -> Tensor:
         """input_ids (B, T) -> logits (B, T, V), or with output="hidden" the final hidden states (B, T, D)
         after the final norm (what the head reads; a fused head + loss takes them).
@@ -151,23 +150,11 @@ class TransformerLM(nn.Module):
         cache: generation state the tokens continue (`new_cache`). positions: (B, T) long, the position
         of each token, -1 at (left) padding; default: 0..T-1, or each row's next positions in `cache`."""
         h = self.hidden(input_ids, cache, positions)  # (B, T, D)
-        if targets is not None:
-            return self._loss(h, targets)
         if output == "hidden":
             return h
         if output != "logits":
             raise ValueError(f"output must be 'logits' or 'hidden', got {output!r}")
         return self.head(h)  # (B, T, V)
-
-    def loss(self, input_ids: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
-        return self._loss(self.hidden(input_ids), targets, ignore_index)
-
-    def _loss(self, h: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
-        if self.config.fused_loss:
-            from scratchlm.kernels.linear_cross_entropy import linear_cross_entropy
-
-            return linear_cross_entropy(h, self.head.weight, targets, ignore_index)
-        return cross_entropy(self.head(h), targets, ignore_index=ignore_index)
 
     def step_context(self, input_ids: Tensor, cache: ModelCache | None, positions: Tensor | None) -> StepContext:
         """The per-step facts every block and mixer reads (see `context.py`)."""

@@ -8,8 +8,12 @@
       latest.json           {"step": 1000, "dir": "step_0001000", "metrics": {...}}
       best.json             the same, for the best evaluation so far
 
+    save_train_state(run_dir, state, to_dict(cfg), {"val_loss": 3.2})   # a TrainState (train/state.py)
+    load_train_state(run_dir, state, map_location=device)              # latest; or a step_* dir; RNGs too
+
+    # the same files from the separate pieces (evaluation, tools, older callers):
     path = save_checkpoint(run_dir, step, model, opt, sched, loader.state_dict(), to_dict(cfg), {"val_loss": 3.2})
-    info = load_checkpoint(run_dir, model, opt, sched, restore_rng=True)  # latest; or a step_* dir
+    info = load_checkpoint(run_dir, model, opt, sched, restore_rng=True)
     loader.load_state_dict(info["data_state"])
 
 A step directory is built under a temp name and renamed into place, and the pointers are
@@ -24,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import re
 import shutil
 import time
@@ -37,8 +40,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import scratchlm
+from scratchlm.config import flatten
+from scratchlm.distributed.parallelize import unwrap_model
 from scratchlm.errors import ScratchLMError
 from scratchlm.io import atomic_dir, read_json, write_json
+from scratchlm.train.state import TrainState, rng_state, set_rng_state
 
 CHECKPOINT_FORMAT = "scratchlm-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -62,6 +68,7 @@ RESUME_ALLOWED = (
     "out_dir",
     "device",
     "compile",
+    "activation_checkpointing",
     "wandb",
     "tensorboard",
 )
@@ -70,17 +77,6 @@ _PATH_KEYS = ("data.train", "data.valid", "data.tokenizer")
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:07d}"
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module under torch.compile (`_orig_mod`) and DDP (`module`) wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,8 +109,8 @@ def split_tied(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     return tensors, aliases
 
 
-def _load_weights(path: Path, model: nn.Module, aliases: dict[str, str], map_location) -> None:
-    """Load model.safetensors into `model` strictly, with an error listing every mismatch."""
+def _read_weights(path: Path, model: nn.Module, aliases: dict[str, str], map_location) -> dict[str, torch.Tensor]:
+    """model.safetensors as a state_dict for `model`, checked against it: an error lists every mismatch."""
     device = map_location if isinstance(map_location, (str, int)) else str(torch.device(map_location))
     try:
         sd = load_file(path, device=device)
@@ -143,47 +139,12 @@ def _load_weights(path: Path, model: nn.Module, aliases: dict[str, str], map_loc
             problems.append(f"the model ties {alias} to {name} but the checkpoint has them different")
     if problems:
         raise ScratchLMError(f"checkpoint {path} does not fit the model: {'; '.join(problems)}")
-    target.load_state_dict(sd, strict=True)
+    return sd
 
 
-# ---------------------------------------------------------------------------------------------
-# RNG states
-
-
-def rng_state() -> dict[str, Any]:
-    """Python `random`, numpy's global generator, torch CPU and (if present) every CUDA device."""
-    np_state = np.random.get_state(legacy=False)
-    state = {
-        "python": random.getstate(),
-        "numpy": {  # plain types and tensors only, so state.pt loads with torch.load(weights_only=True)
-            "bit_generator": np_state["bit_generator"],
-            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-            "pos": int(np_state["state"]["pos"]),
-            "has_gauss": int(np_state["has_gauss"]),
-            "gauss": float(np_state["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": n["bit_generator"],
-            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
-            "has_gauss": n["has_gauss"],
-            "gauss": n["gauss"],
-        }
-    )
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"][: torch.cuda.device_count()]
-        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+def _load_weights(path: Path, model: nn.Module, aliases: dict[str, str], map_location) -> None:
+    """Load model.safetensors into `model` strictly, with an error listing every mismatch."""
+    unwrap_model(model).load_state_dict(_read_weights(path, model, aliases, map_location), strict=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,23 +199,54 @@ def save_checkpoint(
     of plain types (the loader's `state_dict()`). Keeps the `keep_last` newest step directories
     and the best one. Returns the step directory.
     """
+    state = {
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "schedule": schedule.state_dict() if schedule is not None else None,
+        "data": data_state,
+        "rng": rng_state(),
+    }
+    return _write_checkpoint(
+        run_dir, step, unwrap_model(model).state_dict(), state, config_dict, metrics, keep_last, is_best
+    )
+
+
+def save_train_state(
+    run_dir: str | Path,
+    state: TrainState,
+    config_dict: dict | None = None,
+    metrics: dict | None = None,
+    keep_last: int = 2,
+    is_best: bool = False,
+) -> Path:
+    """Save a whole `TrainState` at its step (same files as `save_checkpoint`); `metrics` (evaluation results)
+    go to meta.json with the state's bookkeeping (best validation loss, noise-scale EMAs)."""
+    sd = state.state_dict()
+    rest = {k: sd[k] for k in ("optimizer", "schedule", "data", "rng")}
+    metrics = {**(metrics or {}), **sd["metrics"]}
+    return _write_checkpoint(run_dir, sd["step"], sd["model"], rest, config_dict, metrics, keep_last, is_best)
+
+
+def _write_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    config_dict: dict | None,
+    metrics: dict | None,
+    keep_last: int,
+    is_best: bool,
+) -> Path:
+    """model_state -> model.safetensors, state (optimizer, schedule, data, rng) -> state.pt, meta.json; pointers."""
     if keep_last < 1:
         raise ScratchLMError(f"keep_last must be >= 1, got {keep_last}")
     root = Path(run_dir) / "checkpoints"
     name = step_dir_name(step)
     metrics = _jsonable(metrics or {})
     with atomic_dir(root / name, overwrite=True) as tmp:
-        tensors, aliases = split_tied(unwrap_model(model).state_dict())
+        tensors, aliases = split_tied(model_state)
         save_file(tensors, tmp / MODEL_FILE, metadata={"format": CHECKPOINT_FORMAT, "aliases": json.dumps(aliases)})
         del tensors
-        state = {
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "schedule": schedule.state_dict() if schedule is not None else None,
-            "data": data_state,
-            "rng": rng_state(),
-        }
         torch.save(state, tmp / STATE_FILE)
-        del state
         meta = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -362,6 +354,13 @@ def load_weights(
     return meta
 
 
+def _read_state(step_dir: Path, map_location) -> dict[str, Any]:
+    try:
+        return torch.load(step_dir / STATE_FILE, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ScratchLMError(f"cannot read {step_dir / STATE_FILE}: {e}") from None
+
+
 def load_checkpoint(
     path_or_run_dir: str | Path,
     model: nn.Module,
@@ -380,10 +379,7 @@ def load_checkpoint(
     step_dir = find_checkpoint(path_or_run_dir, which)
     meta = read_checkpoint_meta(step_dir, verify)
     _load_weights(step_dir / MODEL_FILE, model, meta.get("tied", {}), map_location)
-    try:
-        state = torch.load(step_dir / STATE_FILE, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ScratchLMError(f"cannot read {step_dir / STATE_FILE}: {e}") from None
+    state = _read_state(step_dir, map_location)
     for what, obj in (("optimizer", optimizer), ("schedule", schedule)):
         if obj is None:
             continue
@@ -405,18 +401,39 @@ def load_checkpoint(
     }
 
 
+def load_train_state(
+    path_or_run_dir: str | Path,
+    state: TrainState,
+    map_location: str | torch.device = "cpu",
+    restore_rng: bool = True,
+    which: Literal["latest", "best"] = "latest",
+    verify: bool = True,
+) -> dict:
+    """Restore a whole `TrainState` (model, optimizer, schedule, data position, step, bookkeeping and, with
+    `restore_rng`, the RNGs) from a checkpoint, including any written by `save_checkpoint`. Returns its meta."""
+    step_dir = find_checkpoint(path_or_run_dir, which)
+    meta = read_checkpoint_meta(step_dir, verify)
+    weights = _read_weights(step_dir / MODEL_FILE, state.model, meta.get("tied", {}), map_location)
+    saved = _read_state(step_dir, map_location)
+    try:
+        state.load_state_dict(
+            {
+                "step": meta["step"],
+                "model": weights,
+                "optimizer": saved.get("optimizer"),
+                "schedule": saved.get("schedule"),
+                "data": saved.get("data"),
+                "rng": saved.get("rng") if restore_rng else None,
+                "metrics": meta.get("metrics", {}),
+            }
+        )
+    except ScratchLMError as e:
+        raise ScratchLMError(f"{step_dir}: {e}") from None
+    return meta
+
+
 # ---------------------------------------------------------------------------------------------
 # resuming
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _same_path(a: Any, b: Any) -> bool:
@@ -432,7 +449,7 @@ def check_resume_config(saved: dict, current: dict, allow: tuple[str, ...] = ())
     Keys in RESUME_ALLOWED (and `allow`, dotted) may differ: extending `steps`, intervals, the
     time limit, logging and the device. Paths of data files compare equal if they name the same file.
     """
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten(saved), flatten(current)
     allowed = set(RESUME_ALLOWED) | set(allow)
     missing = "<absent>"
     diffs = []

@@ -57,7 +57,8 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     seq_len: int = 0  # tokens per sequence; 0 = model.context_length
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; master weights stay fp32
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model (distributed.parallelize)
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward (less memory)
     device: str = "auto"  # auto = cuda if available, else cpu
     eval_every: int = 100  # steps between validations (and samples); 0 = only at the end
     eval_tokens: int = 0  # tokens of the validation file used per eval; 0 = the whole file

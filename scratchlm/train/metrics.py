@@ -31,7 +31,8 @@ PEAK_FLOPS = {
 def measured_matmul_flops(device: str = "cpu", n: int = 1024, trials: int = 5, seconds: float = 0.1) -> float:
     """Achieved fp32 matmul FLOP/s of an n x n x n product on this device: the CPU 'peak'. The best of
     several short trials, so a busy moment on a shared machine does not lower the peak (and inflate MFU)."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    gen = torch.Generator(device).manual_seed(0)  # not the global RNG: measuring must not change a run's dropout
+    a, b = (torch.randn(n, n, device=device, generator=gen) for _ in range(2))
     a @ b  # warm up
     best = 0.0
     for _ in range(trials):

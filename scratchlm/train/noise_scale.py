@@ -9,9 +9,13 @@ equations, so from one small-batch norm and one big-batch norm per step:
     tr(Sigma) ~ (|G_small|^2 - |G_big|^2) / (1 / B_small - 1 / B_big)
 
 Both are unbiased but very noisy per step; the paper averages each one over steps (an EMA here)
-before taking the ratio B_simple = tr(Sigma) / |G|^2. In the loop the small batch is the first
+before taking the ratio B_simple = tr(Sigma) / |G|^2. In training the small batch is the first
 micro-batch of gradient accumulation (on this process, before DDP averages anything) and the big
 batch is the whole step's batch (all micro-batches, all processes), so it needs grad_accum >= 2.
+`observe` reads both from `train_step`'s gradient hook:
+
+    gns = NoiseScale(b_small_tokens, b_big_tokens)
+    train_step(..., grad_hook=functools.partial(gns.observe, list(model.parameters())))
 
 How to use it: B_simple (in tokens) approximates the critical batch size, where doubling the batch
 stops halving the number of steps. Below it, bigger batches are almost free speed; far above it,
@@ -21,6 +25,7 @@ about (e.g. the middle of training) and pick a batch near it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -43,6 +48,18 @@ class NoiseScale:
         self.b_small, self.b_big, self.ema = b_small, b_big, ema
         self.g2 = self.trace = None  # EMAs (None until the first update)
         self.updates = 0
+        self._sq_small: float | None = None  # this step's small-batch squared norm, until the big one comes
+
+    def observe(self, params: list[torch.nn.Parameter], micro: int | None, factor: float) -> None:
+        """`train_step`'s grad_hook (step.GradHook): the squared norm of micro-batch 0's gradient, then at the
+        end of the step the whole step's; fp16 overflow steps (non-finite norms) are skipped."""
+        if micro == 0:
+            self._sq_small = grad_sq_norm(params) * factor**2
+        elif micro is None and self._sq_small is not None:
+            sq_small, sq_big = self._sq_small, grad_sq_norm(params)
+            self._sq_small = None
+            if math.isfinite(sq_small) and math.isfinite(sq_big):
+                self.update(sq_small, sq_big)
 
     def update(self, sq_small: float, sq_big: float) -> dict[str, float]:
         g2 = (self.b_big * sq_big - self.b_small * sq_small) / (self.b_big - self.b_small)

@@ -130,9 +130,9 @@ def model_case() -> dict:
     plain.load_state_dict({k: v.to(F64) for k, v in fused.state_dict().items()})
     ids = torch.randint(0, 300, (2, 21))
     with use_backend("triton"):
-        loss = fused.loss(ids[:, :-1], ids[:, 1:])
+        loss = loss_of(fused, ids[:, :-1], ids[:, 1:])
     loss.backward()
-    loss_ref = plain.loss(ids[:, :-1], ids[:, 1:])
+    loss_ref = loss_of(plain, ids[:, :-1], ids[:, 1:])
     loss_ref.backward()
     out = {"loss": rel(loss.detach(), loss_ref.detach())}
     ref_params = dict(plain.named_parameters())
@@ -183,3 +183,11 @@ def main(names: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def loss_of(m, x, y):
+    """The training loss of model `m` (fused head + loss when its config says so), as `train_step` computes it."""
+    from scratchlm.train.losses import FusedLMLoss, LMLoss
+
+    fn = FusedLMLoss() if m.config.fused_loss else LMLoss()
+    return fn(m(x, output=fn.needs), y, m)[0]

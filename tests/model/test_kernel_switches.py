@@ -43,7 +43,7 @@ def test_fused_switches_give_the_plain_loss_and_gradients():
     fused.load_state_dict(plain.state_dict())
     losses = []
     for m in (plain, fused):
-        loss = m.loss(x[:, :-1], x[:, 1:])
+        loss = loss_of(m, x[:, :-1], x[:, 1:])
         loss.backward()
         losses.append(loss.item())
     assert abs(losses[0] - losses[1]) < 1e-5
@@ -59,7 +59,7 @@ def test_loss_equals_cross_entropy_of_logits_with_ignored_targets():
     y = x[:, 1:].clone()
     y[0, :5] = -100
     want = cross_entropy(m(x[:, :-1]), y)
-    assert abs(m.loss(x[:, :-1], y).item() - want.item()) < 1e-5
+    assert abs(loss_of(m, x[:, :-1], y).item() - want.item()) < 1e-5
 
 
 def test_triton_backend_on_cpu_is_a_clear_error():
@@ -87,5 +87,13 @@ def test_config_checks(kw, match):
 def test_auto_with_attention_dropout_trains_through_sdpa():
     m = make(attn_backend="auto", dropout_attn=0.1).train()
     x = ids()
-    m.loss(x[:, :-1], x[:, 1:]).backward()
+    loss_of(m, x[:, :-1], x[:, 1:]).backward()
     assert all(p.grad is not None for p in m.parameters())
+
+
+def loss_of(m, x, y):
+    """The training loss of model `m` (fused head + loss when its config says so), as `train_step` computes it."""
+    from scratchlm.train.losses import FusedLMLoss, LMLoss
+
+    fn = FusedLMLoss() if m.config.fused_loss else LMLoss()
+    return fn(m(x, output=fn.needs), y, m)[0]

@@ -67,6 +67,22 @@ def test_fused_loss_follows_the_unfused_trajectory(tiny_data, tmp_path):
         cfg_for(tiny_data, tmp_path, "c", model={"fused_loss": True}, optim={"z_loss": 1e-4})
 
 
+def test_activation_checkpointing_follows_the_same_trajectory(tiny_data, tmp_path):
+    kw = dict(steps=4, log_every=1, eval_every=0, grad_accum=2, model={"dropout_resid": 0.1})
+    train(cfg_for(tiny_data, tmp_path, "a", **kw), progress=False)
+    train(cfg_for(tiny_data, tmp_path, "b", activation_checkpointing=True, **kw), progress=False)
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")  # recomputation replays the dropout masks
+
+
+@pytest.mark.slow
+def test_compiled_training_follows_the_eager_trajectory(tiny_data, tmp_path):
+    """torch.compile with inductor (about 30 s of compilation on a CPU), with activation checkpointing."""
+    kw = dict(steps=4, log_every=1, eval_every=0, grad_accum=2)
+    train(cfg_for(tiny_data, tmp_path, "a", **kw), progress=False)
+    train(cfg_for(tiny_data, tmp_path, "b", compile=True, activation_checkpointing=True, **kw), progress=False)
+    assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), rel=1e-4)
+
+
 def test_resume_continues_exactly(tiny_data, tmp_path, monkeypatch):
     kw = dict(steps=12, log_every=1, eval_every=0, checkpoint_every=5, model={"dropout_resid": 0.1})
     train(cfg_for(tiny_data, tmp_path, "full", **kw), progress=False)
@@ -117,9 +133,16 @@ def test_resume_with_incompatible_config(tiny_data, tmp_path):
         train(cfg_for(tiny_data, tmp_path, steps=8, eval_every=0, model={"d_model": 64}), resume=True, progress=False)
 
 
-def test_ddp_two_processes_match_one(tiny_data, tmp_path):
+@pytest.mark.parametrize(
+    "model",
+    # (the balance loss is a product of per-process batch statistics, so it is left out of the comparison)
+    [{}, {"moe.num_experts": 4, "moe.top_k": 1, "moe.aux_loss_coef": 0, "tie_embeddings": False, "fused_loss": True}],
+    ids=["dense", "moe_untied_fused_loss"],
+)
+def test_ddp_two_processes_match_one(tiny_data, tmp_path, model):
+    """2 gloo processes == 1 process; also with MoE and a fused head + loss outside DDP's forward."""
     common = dict(steps=5, log_every=1, eval_every=0, seq_len=32)
-    single = cfg_for(tiny_data, tmp_path, "single", batch_size=8, **common)
+    single = cfg_for(tiny_data, tmp_path, "single", batch_size=8, model=model, **common)
     train(single, progress=False)
     with socket.socket() as sock:  # a free port for the rendezvous
         sock.bind(("127.0.0.1", 0))
@@ -133,6 +156,7 @@ def test_ddp_two_processes_match_one(tiny_data, tmp_path):
         "model.vocab_size": tiny_data["vocab_size"],
         "batch_size": 4,
         **common,
+        **{f"model.{k}": v for k, v in model.items()},
     }
     for k, v in sets.items():
         cmd += ["--set", f"{k}={json.dumps(v)}"]

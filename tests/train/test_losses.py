@@ -1,11 +1,16 @@
-"""Losses: z-loss against a direct computation, lm_loss = cross-entropy + coef * z-loss."""
+"""Losses: z-loss against a direct computation, lm_loss = cross-entropy + coef * z-loss, the fused loss = the
+plain one, build_loss picks the LossFn of a config."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from scratchlm.train.losses import LOSSES, lm_loss, z_loss
+from scratchlm.config import from_dict
+from scratchlm.errors import ScratchLMError
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.losses import LOSSES, FusedLMLoss, LMLoss, build_loss, fused_lm_loss, lm_loss, z_loss
 
 
 def logits_targets(seed: int = 0, B: int = 2, T: int = 5, V: int = 11) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,3 +60,27 @@ def test_lm_loss_without_z_loss_is_cross_entropy():
     assert set(parts) == {"ce"}
     torch.testing.assert_close(total, F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1)))
     assert LOSSES["lm"] is lm_loss and LOSSES["z_loss"] is z_loss
+
+
+def test_build_loss_chooses_once_from_the_config():
+    plain = build_loss(from_dict(TrainConfig, {"optim": {"z_loss": 1e-4}}))
+    fused = build_loss(from_dict(TrainConfig, {"model": {"fused_loss": True}}))
+    assert plain == LMLoss(z_loss_coef=1e-4) and plain.needs == "logits"
+    assert fused == FusedLMLoss() and fused.needs == "hidden"
+    with pytest.raises(ScratchLMError, match="unknown loss 'dpo'"):
+        build_loss(TrainConfig(), "dpo")
+
+
+def test_fused_lm_loss_equals_lm_loss_on_the_head_logits():
+    g = torch.Generator().manual_seed(0)
+    h, w = torch.randn(2, 5, 8, generator=g, requires_grad=True), torch.randn(11, 8, generator=g, requires_grad=True)
+    targets = torch.randint(0, 11, (2, 5), generator=g)
+    targets[0, 0] = -100
+    fused, parts = fused_lm_loss(h, w, targets)
+    plain, _ = lm_loss(h @ w.T, targets)
+    torch.testing.assert_close(fused, plain)
+    torch.testing.assert_close(parts["ce"], plain.detach())
+    grads = torch.autograd.grad(fused, (h, w))
+    for a, b in zip(grads, torch.autograd.grad(plain, (h, w))):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert LOSSES["fused_lm"] is fused_lm_loss

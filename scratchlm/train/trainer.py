@@ -1,0 +1,261 @@
+"""The Trainer: sets a run up and orchestrates it; the work is done by the pieces it calls.
+
+    summary = Trainer(cfg, resume=False).run()       # = scratchlm.train.loop.train(cfg)
+
+    setup  init_distributed -> Mesh (distributed/mesh.py); the run directory; token files and tokenizer;
+           the model (seeded), parallelize (activation checkpointing, compile, DDP: distributed/parallelize.py),
+           optimizer + lr schedule, TrainState (state.py), restored from the last checkpoint on resume
+           (checkpoint.py), the loss chosen once (losses.py), metrics logger, Evaluator (evaluator.py)
+    loop   per step: the step's batch from the loader, split into `grad_accum` micro-batches -> train_step
+           (step.py: forward, loss, backward, clip, optimizer + schedule step); a non-finite loss stops the
+           run (the last good checkpoint stays); log every `log_every`; every `eval_every` evaluate and
+           checkpoint (the best kept); checkpoint every `checkpoint_every`; stop at `time_limit_s`
+    end    a last evaluation + checkpoint, summary.json, loss.png
+
+Only rank 0 writes files and prints; every rank trains, evaluates and sees the same summary.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from scratchlm.config import to_dict, to_toml
+from scratchlm.distributed.mesh import destroy_distributed, init_distributed
+from scratchlm.distributed.parallelize import parallelize
+from scratchlm.errors import ScratchLMError
+from scratchlm.io import atomic_write, write_json
+from scratchlm.model import TransformerLM
+from scratchlm.model.accounting import flops_per_token
+from scratchlm.tokenizer import load_tokenizer
+from scratchlm.train.checkpoint import (
+    check_resume_config,
+    find_checkpoint,
+    load_train_state,
+    read_checkpoint_meta,
+    save_train_state,
+)
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.data import RandomWindows, TokenData
+from scratchlm.train.evaluator import Evaluator
+from scratchlm.train.losses import build_loss
+from scratchlm.train.metrics import MetricsLogger, format_progress, peak_flops, plot_loss_curve
+from scratchlm.train.noise_scale import NoiseScale
+from scratchlm.train.optim import build_optimizer
+from scratchlm.train.schedules import Schedule
+from scratchlm.train.state import TrainState
+from scratchlm.train.step import StepResult, train_step
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("checkpoints", "metrics.jsonl", "loss.png", "summary.json", "samples.txt")  # replaced by --force
+
+
+def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
+    """The run directory, created; an existing run in it is an error unless resuming or `overwrite`."""
+    run_dir = Path(cfg.out_dir)
+    has_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
+    if has_run and not resume:
+        if not overwrite:
+            raise ScratchLMError(f"{run_dir} already holds a run: pass --resume {run_dir}, another out_dir, or --force")
+        for name in RUN_FILES:
+            p = run_dir / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def open_data(cfg: TrainConfig) -> tuple[TokenData, TokenData | None, object | None]:
+    """(train, valid or None, tokenizer or None), checked before any work: missing files, vocab mismatch,
+    a validation file of another tokenizer."""
+    if not cfg.data.train:
+        raise ScratchLMError("data.train is empty: give a token file (scratchlm tokenizer encode ...)")
+    train_data = TokenData(cfg.data.train)
+    train_data.check_vocab(cfg.model.vocab_size)
+    valid = None
+    if cfg.data.valid:
+        valid = TokenData(cfg.data.valid, expect_tokenizer_hash=train_data.meta.get("tokenizer_hash"))
+        valid.check_vocab(cfg.model.vocab_size)
+    tok_path = cfg.data.tokenizer or train_data.meta.get("tokenizer")
+    tokenizer = load_tokenizer(tok_path) if tok_path and Path(tok_path).exists() else None
+    return train_data, valid, tokenizer
+
+
+class Trainer:
+    """One training run per `cfg`: `Trainer(cfg, resume, overwrite, progress).run() -> summary dict`."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.mesh = mesh = init_distributed(cfg)
+        self.run_dir = prepare_run_dir(cfg, resume, overwrite) if mesh.main else Path(cfg.out_dir)
+        train_data, valid, tokenizer = open_data(cfg)
+        # One draw per optimizer step of dp x batch_size x grad_accum windows, fixed by (seed, step): this
+        # replica's rows are split into its micro-batches, so any split of the global batch over processes
+        # and accumulation sees the same data.
+        rows = cfg.batch_size * cfg.grad_accum
+        loader = RandomWindows(train_data, rows, cfg.context, cfg.seed, mesh.dp_rank, mesh.dims.dp)
+        self.tokens_per_step = cfg.tokens_per_step * mesh.dims.dp
+
+        torch.manual_seed(cfg.seed)
+        model = TransformerLM(cfg.model).to(mesh.device)
+        self.fwd_model = parallelize(model, cfg, mesh)
+        optimizer = build_optimizer(model, cfg.optim)
+        schedule = Schedule(optimizer, cfg.schedule, cfg.steps)
+        # small batch = this process's first micro-batch, big batch = the whole step (see noise_scale.py)
+        gns = None
+        if cfg.noise_scale and cfg.grad_accum > 1:
+            gns = NoiseScale(cfg.batch_size * cfg.context, self.tokens_per_step)
+        self.state = TrainState(model, optimizer, schedule, loader, noise_scale=gns)
+        if resume:
+            self.restore()
+        if mesh.main:
+            with atomic_write(self.run_dir / "config.toml", "w", encoding="utf-8") as f:
+                f.write(to_toml(cfg))
+
+        self.loss_fn = build_loss(cfg)
+        self.scaler = torch.amp.GradScaler(mesh.device.type, enabled=cfg.precision == "fp16")
+        self.grad_hook = functools.partial(gns.observe, list(model.parameters())) if gns else None
+        self.metrics = MetricsLogger(self.run_dir, to_dict(cfg), cfg.wandb, cfg.tensorboard) if mesh.main else None
+        self.evaluator = Evaluator(cfg, valid, tokenizer, mesh.device)
+        self.train_flops = flops_per_token(cfg.model, cfg.context)["train"]
+        self.peak, peak_source = peak_flops(mesh.device, cfg.precision)
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.t_start = self.t_log = 0.0  # perf_counter at the loop's start / the last train log (set by run)
+        self.tokens_since_log = 0
+        if mesh.main:
+            log.info(
+                "model %.2fM params | %d tokens/step | %.3g train FLOPs/token | peak %.3g FLOP/s (%s)",
+                self.n_params / 1e6, self.tokens_per_step, self.train_flops, self.peak, peak_source,
+            )  # fmt: skip
+
+    # ---- setup pieces
+
+    def restore(self) -> None:
+        """Continue from the run's latest checkpoint (config checked first: a clear message, not a shape error)."""
+        saved = read_checkpoint_meta(find_checkpoint(self.run_dir))["config"]
+        check_resume_config(saved, to_dict(self.cfg))
+        load_train_state(self.run_dir, self.state, map_location=self.mesh.device, restore_rng=True)
+        log.info("resumed %s at step %d", self.run_dir, self.state.step)
+
+    # ---- the loop
+
+    def run(self) -> dict:
+        """Train from `state.step` to `cfg.steps` (or the time limit), evaluate, write the summary."""
+        cfg, state = self.cfg, self.state
+        state.model.train()
+        self.t_start = self.t_log = time.perf_counter()
+        self.tokens_since_log = 0
+        result, stopped = None, "steps"
+        for step in range(state.step, cfg.steps):
+            result = self.run_step(step)
+            state.step = step + 1
+            self.tokens_since_log += self.tokens_per_step
+            if self.mesh.main and (state.step % cfg.log_every == 0 or state.step == cfg.steps):
+                self.log_train(result)
+            if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < cfg.steps:
+                self.evaluate()
+            elif cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                self.save({})
+            if cfg.time_limit_s and time.perf_counter() - self.t_start > cfg.time_limit_s:
+                stopped = "time_limit"
+                break
+        train_seconds = time.perf_counter() - self.t_start  # the loop, with its periodic evals; without the last one
+        last_eval = self.evaluate()
+        return self.finish(result, stopped, train_seconds, last_eval)
+
+    def run_step(self, step: int) -> StepResult:
+        """Step `step` on this replica's rows of the step's draw; a non-finite loss stops the run."""
+        cfg, device = self.cfg, self.mesh.device
+        xs, ys = self.state.loader.next()  # (batch_size * grad_accum, T)
+        rows = [slice(m * cfg.batch_size, (m + 1) * cfg.batch_size) for m in range(cfg.grad_accum)]
+        batches = [(xs[r].to(device), ys[r].to(device)) for r in rows]  # grad_accum x (B, T)
+        result = train_step(
+            self.fwd_model, batches, self.loss_fn, self.state.optimizer, self.state.schedule, step=step,
+            precision=cfg.precision, grad_clip=cfg.optim.grad_clip, scaler=self.scaler, grad_hook=self.grad_hook,
+        )  # fmt: skip
+        if not result.finite:
+            raise ScratchLMError(
+                f"non-finite loss ({result.loss}) at step {step}: stopping. The last good checkpoint is kept in "
+                f"{self.run_dir / 'checkpoints'} (resume with a lower optim.lr or more warmup)"
+            )
+        return result
+
+    def log_train(self, result: StepResult) -> None:
+        """One metrics.jsonl record (and a progress line) for the steps since the last one."""
+        cfg, done = self.cfg, self.state.step
+        now = time.perf_counter()
+        tps = self.tokens_since_log / max(now - self.t_log, 1e-9)
+        mfu = tps * self.train_flops / self.peak if self.peak else 0.0
+        eta = (cfg.steps - done) * self.tokens_per_step / max(tps, 1e-9)
+        record = {"kind": "train", "step": done, "tokens": done * self.tokens_per_step}
+        # cpu_s: this process's CPU time; its ratio to wall time shows a machine shared with other work
+        record.update(loss=result.loss, lr=result.lr, tokens_per_s=tps, mfu=mfu, cpu_s=round(time.process_time(), 3))
+        if result.grad_norm is not None:
+            record["grad_norm"] = result.grad_norm
+        if self.state.noise_scale is not None:
+            record.update(self.state.noise_scale.value())
+        self.metrics.log(record)
+        if self.progress:
+            print(format_progress(done, cfg.steps, result.loss, result.lr, tps, mfu, eta), flush=True)
+        self.t_log, self.tokens_since_log = now, 0
+
+    def evaluate(self) -> dict:
+        """Validation loss (+ samples on rank 0), logged; then a checkpoint, marked best if it is."""
+        state, step = self.state, self.state.step
+        result = self.evaluator.loss(state.model)
+        is_best = "val_loss" in result and result["val_loss"] < state.best_val_loss
+        if is_best:
+            state.best_val_loss = result["val_loss"]
+        if self.mesh.main:
+            samples = self.evaluator.samples(state.model, step)
+            self.metrics.log({"kind": "eval", "step": step, "tokens": step * self.tokens_per_step, **result})
+            if samples:
+                with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
+                    f.write(f"=== step {step} ===\n" + "\n---\n".join(samples) + "\n")
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
+            print(f"eval step {step}: {shown}" + "".join(f"\n  > {s[:200]!r}" for s in samples), flush=True)
+        self.save(result, is_best)
+        return result
+
+    def save(self, metrics: dict, is_best: bool = False) -> None:
+        if self.mesh.main:
+            save_train_state(
+                self.run_dir, self.state, to_dict(self.cfg), metrics, keep_last=self.cfg.keep_last, is_best=is_best
+            )
+
+    # ---- the end
+
+    def finish(self, last: StepResult | None, stopped: str, train_seconds: float, last_eval: dict) -> dict:
+        """The summary (returned on every rank; summary.json and loss.png by rank 0)."""
+        state = self.state
+        summary = {
+            "steps": state.step,
+            "stopped": stopped,
+            "tokens": state.step * self.tokens_per_step,
+            "seconds": round(time.perf_counter() - self.t_start, 2),
+            "train_seconds": round(train_seconds, 2),
+            "params": self.n_params,
+            "train_flops_per_token": self.train_flops,
+            "final_loss": last.loss if last is not None else None,
+            "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
+            **last_eval,
+            "run_dir": str(self.run_dir),
+        }
+        if self.mesh.main:
+            write_json(self.run_dir / "summary.json", summary)
+            plot_loss_curve(self.run_dir)
+        return summary
+
+    def close(self) -> None:
+        """Close the metrics logger and leave the process group (also after an error)."""
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        if self.mesh.world > 1:
+            destroy_distributed()
