@@ -20,13 +20,6 @@ from scratchlm.train.config import TrainConfig
 from scratchlm.train.data import IGNORE_INDEX, TokenData, bits_per_byte, eval_windows
 from scratchlm.train.step import autocast_context
 
-END_OF_TEXT = "<|endoftext|>"
-
-
-def end_of_text_id(tokenizer) -> int | None:
-    """The id of the document separator `<|endoftext|>` in `tokenizer`, or None if it has none."""
-    return tokenizer.special_ids.get(END_OF_TEXT)
-
 
 class Evaluator:
     """Validation loss / bits per byte over the validation file, and sampled completions."""
@@ -62,7 +55,7 @@ class Evaluator:
         if self.tokenizer is None or self.cfg.sample_tokens <= 0:
             return []
         tok = self.tokenizer
-        sep = end_of_text_id(tok)
+        sep = tok.end_of_text_id  # <|endoftext|>, else the first special token
         out = []
         model.eval()
         for i, prompt in enumerate(self.cfg.sample_prompts):
