@@ -44,7 +44,7 @@ from scratchlm.config import flatten
 from scratchlm.distributed.parallelize import unwrap_model
 from scratchlm.errors import ScratchLMError
 from scratchlm.io import atomic_dir, read_json, write_json
-from scratchlm.train.state import TrainState, rng_state, set_rng_state
+from scratchlm.train.state import TrainState, restore_part, rng_state, set_rng_state
 
 CHECKPOINT_FORMAT = "scratchlm-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -381,14 +381,8 @@ def load_checkpoint(
     _load_weights(step_dir / MODEL_FILE, model, meta.get("tied", {}), map_location)
     state = _read_state(step_dir, map_location)
     for what, obj in (("optimizer", optimizer), ("schedule", schedule)):
-        if obj is None:
-            continue
-        if state.get(what) is None:
-            raise ScratchLMError(f"{step_dir} has no {what} state to restore (it was saved without one)")
-        try:
-            obj.load_state_dict(state[what])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise ScratchLMError(f"the {what} state of {step_dir} does not fit this {what}: {e}") from None
+        if obj is not None:
+            restore_part(what, obj, state, str(step_dir))
     if restore_rng:
         set_rng_state(state["rng"])
     return {

@@ -63,12 +63,7 @@ class TrainState:
         if "model" in state:
             unwrap_model(self.model).load_state_dict(state["model"], strict=True)
         for what, obj in (("optimizer", self.optimizer), ("schedule", self.schedule), ("data", self.loader)):
-            if state.get(what) is None:
-                raise ScratchLMError(f"the checkpoint has no {what} state to restore (it was saved without one)")
-            try:
-                obj.load_state_dict(state[what])
-            except (ValueError, KeyError, RuntimeError) as e:
-                raise ScratchLMError(f"the {what} state of the checkpoint does not fit this {what}: {e}") from None
+            restore_part(what, obj, state, "the checkpoint")
         if state.get("rng") is not None:
             set_rng_state(state["rng"])
         self.step = state["step"]
@@ -117,3 +112,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         cuda = state["cuda"][: torch.cuda.device_count()]
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+def restore_part(what: str, obj: Any, state: dict[str, Any], where: str) -> None:
+    """obj.load_state_dict(state[what]), or a ScratchLMError naming `what` and `where` (missing or not fitting)."""
+    if state.get(what) is None:
+        raise ScratchLMError(f"{where} has no {what} state to restore (it was saved without one)")
+    try:
+        obj.load_state_dict(state[what])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise ScratchLMError(f"the {what} state of {where} does not fit this {what}: {e}") from None
