@@ -24,7 +24,7 @@ from torch import Tensor
 class StepContext:
     positions: Tensor  # (B, T) or (1, T) long: absolute position of each token; -1 = padding
     padded: bool  # some positions may be -1 (a Python bool, so `forward` has no data-dependent branch)
-    rope: tuple[Tensor, Tensor] | None  # cos, sin (B|1, T, Dr/2) fp32 of `positions`, or None (no RoPE)
+    rope: tuple[Tensor, Tensor] | None  # cos, sin (B|1, T, Dr) fp32 (RotaryEmbedding.tables), or None (no RoPE)
     cache: object | None = None  # a ModelCache (scratchlm.model.cache) or None (no generation state)
 
     def layer_cache(self, layer: int):

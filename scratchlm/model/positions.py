@@ -40,19 +40,24 @@ class RotaryEmbedding(nn.Module):
         self.inv_freq = inv.float()
 
     def tables(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """positions (..., T) long (>= 0) -> cos, sin (..., T, Dh/2) fp32. The angles are formed in fp64
-        (an fp32 product loses the low bits of large positions) and rounded once."""
+        """positions (..., T) long (>= 0) -> cos, sin (..., T, Dh) fp32, laid out for `apply_rotary`:
+        cos = [cos(a) ; cos(a)] and sin = [-sin(a) ; sin(a)] over the two halves (a = the (..., T, Dh/2)
+        angles), so the sign of "rotate half" is folded into the table, computed once per forward for
+        every layer. The angles are formed in fp64 (an fp32 product loses the low bits of large
+        positions) and rounded once."""
         angles = positions.to(torch.float64)[..., None] * self.inv_freq.to(positions.device, torch.float64)
-        return angles.cos().float(), angles.sin().float()
+        cos, sin = angles.cos().float(), angles.sin().float()
+        return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x (B, H, T, Dh) rotated by cos, sin (B|1, T, Dh/2) (`RotaryEmbedding.tables`), in fp32."""
+    """x (B, H, T, Dh) rotated by the tables cos, sin (B|1, T, Dh) of `RotaryEmbedding.tables`, in fp32:
+    [x1 ; x2] -> [x1 cos - x2 sin ; x2 cos + x1 sin] = x * cos + [x2 ; x1] * [-sin ; sin]."""
     half = x.shape[-1] // 2
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B|1, 1, T, Dh/2): broadcast over heads
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B|1, 1, T, Dh): broadcast over heads
     x32 = x.float()
-    x1, x2 = x32[..., :half], x32[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+    swapped = torch.cat([x32[..., half:], x32[..., :half]], dim=-1)  # [x2 ; x1]
+    return (x32 * cos + swapped * sin).to(x.dtype)
 
 
 class LearnedPositions(nn.Module):

@@ -126,8 +126,10 @@ def test_rope_rotates_relative_positions():
     assert torch.allclose(rot(q, 0), q)
     # the same angles as the fp64 table the layers used to keep
     inv = (1.0 / 10_000.0 ** (torch.arange(0, 8, 2, dtype=torch.float64) / 8)).float().double()
-    cos, _ = rope.tables(torch.arange(50)[None])
-    assert torch.equal(cos[0], torch.outer(torch.arange(50, dtype=torch.float64), inv).cos().float())
+    cos, sin = rope.tables(torch.arange(50)[None])
+    angles = torch.outer(torch.arange(50, dtype=torch.float64), inv)
+    assert torch.equal(cos[0], angles.cos().float().repeat(1, 2))
+    assert torch.equal(sin[0], torch.cat([-angles.sin().float(), angles.sin().float()], dim=-1))
 
 
 def test_sinusoidal_table():
