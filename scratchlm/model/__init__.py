@@ -4,6 +4,11 @@
     model = TransformerLM(ModelConfig(d_model=256, n_layers=4, n_heads=4, mlp="swiglu"))
     logits = model(input_ids)  # (B, T) -> (B, T, V)
 
+Files, leaf to root: primitives, norms, positions (RoPE, learned, sinusoidal), attend (the attention
+callable), cache (generation state), context (the per-step StepContext), attention / mla /
+linear_attention / ssm (sequence mixers), mlp / moe (feed-forward), builders, block, roles (parameter
+roles), transformer; accounting, generate, hf (Hugging Face import/export).
+
 Names are imported on first use, so `scratchlm.model.config` (and the CLI) load without torch.
 """
 
@@ -14,7 +19,8 @@ _EXPORTS = {
     "ModelConfig": "scratchlm.model.config",
     "MoEConfig": "scratchlm.model.config",
     "SSMConfig": "scratchlm.model.config",
-    "ModelCache": "scratchlm.model.transformer",
+    "ModelCache": "scratchlm.model.cache",
+    "StepContext": "scratchlm.model.context",
     "TransformerLM": "scratchlm.model.transformer",
 }
 __all__ = sorted(_EXPORTS)
