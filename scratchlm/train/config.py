@@ -101,3 +101,6 @@ class TrainConfig:
             bad("optim.z_loss needs the logits, which model.fused_loss never builds: use one of them")
         if self.keep_last < 1:
             bad(f"keep_last must be >= 1, got {self.keep_last}")
+        if not 0 <= self.sample_tokens < self.model.context_length:
+            ctx = self.model.context_length
+            bad(f"sample_tokens must be in [0, model.context_length={ctx}), got {self.sample_tokens}")

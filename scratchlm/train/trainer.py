@@ -206,21 +206,22 @@ class Trainer:
         self.t_log, self.tokens_since_log = now, 0
 
     def evaluate(self) -> dict:
-        """Validation loss (+ samples on rank 0), logged; then a checkpoint, marked best if it is."""
+        """Validation loss, then a checkpoint (marked best if it is), then samples on rank 0, logged. The
+        checkpoint comes before the samples so that nothing that goes wrong while sampling costs trained steps."""
         state, step = self.state, self.state.step
         result = self.evaluator.loss(state.model)
         is_best = "val_loss" in result and result["val_loss"] < state.best_val_loss
         if is_best:
             state.best_val_loss = result["val_loss"]
+        self.save(result, is_best)
         if self.mesh.main:
-            samples = self.evaluator.samples(state.model, step)
             self.metrics.log({"kind": "eval", "step": step, "tokens": step * self.tokens_per_step, **result})
+            samples = self.evaluator.samples(state.model, step)
             if samples:
                 with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
                     f.write(f"=== step {step} ===\n" + "\n---\n".join(samples) + "\n")
             shown = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
             print(f"eval step {step}: {shown}" + "".join(f"\n  > {s[:200]!r}" for s in samples), flush=True)
-        self.save(result, is_best)
         return result
 
     def save(self, metrics: dict, is_best: bool = False) -> None:

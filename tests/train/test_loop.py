@@ -189,3 +189,23 @@ def test_cli_train_resume_generate(tiny_data, tmp_path):
     assert r.returncode == 0 and r.stdout.startswith("the cat"), r.stderr[-2000:]
     r = subprocess.run([*base, "train", "--resume", str(tmp_path / "nothing")], capture_output=True, text=True)
     assert r.returncode == 1 and "no config.toml" in r.stderr
+
+
+def test_final_checkpoint_is_saved_before_sampling(tiny_data, tmp_path, monkeypatch):
+    """An error while sampling at the final evaluation must not cost the trained steps (issue 12, item 2)."""
+    from scratchlm.train.checkpoint import find_checkpoint, read_checkpoint_meta
+    from scratchlm.train.evaluator import Evaluator
+
+    def broken(self, model, step):
+        raise RuntimeError("sampling failed")
+
+    monkeypatch.setattr(Evaluator, "samples", broken)
+    cfg = cfg_for(tiny_data, tmp_path, steps=3, eval_every=0)
+    with pytest.raises(RuntimeError, match="sampling failed"):
+        train(cfg, progress=False)
+    assert read_checkpoint_meta(find_checkpoint(tmp_path / "run"))["step"] == 3
+
+
+def test_sample_longer_than_the_context_is_refused_before_training(tiny_data, tmp_path):
+    with pytest.raises(ScratchLMError, match="sample_tokens must be in"):
+        cfg_for(tiny_data, tmp_path, sample_tokens=10_000).validate()
