@@ -2,7 +2,8 @@
 
 Each stage registers its verbs from its own `cli.py` (`register(subparsers)`), importing heavy
 dependencies only inside the verb, so `scratchlm --help` is instant. Errors the user can fix
-(`ScratchLMError`) print one line, `scratchlm: error: <reason>`, and exit with status 1.
+(`ScratchLMError`) and filesystem errors (`OSError`: a read-only or full disk, a path through a file)
+print one line, `scratchlm: error: <reason>`, and exit with status 1.
 
     scratchlm quickstart                      # the README's main job, offline
     scratchlm tokenizer train --input corpus.txt --set vocab_size=10000 --out tok/
@@ -58,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ScratchLMError as e:
         print(f"scratchlm: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # read-only or full disk, a path through a file, ...: one line naming the path
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        print(f"scratchlm: error: {e.strerror or e}{': ' + where if where else ''}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("scratchlm: interrupted", file=sys.stderr)

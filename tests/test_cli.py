@@ -66,6 +66,10 @@ def test_train_encode_decode_end_to_end(tmp_path):
         "tokenizer", "encode", "--tokenizer", str(tok), "--input", str(corpus), "--out", str(tmp_path / "c.bin")
     )
     assert r.returncode == 0 and "400 documents" in r.stdout, r.stderr + r.stdout
+    bad_out = str(corpus / "c.bin")  # a path through a regular file: an OSError, reported in one line
+    r = run_cli("tokenizer", "encode", "--tokenizer", str(tok), "--input", str(corpus), "--out", bad_out)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("scratchlm: error: "), r.stderr
     r = run_cli("tokenizer", "decode", "--tokenizer", str(tok), "--input", str(tmp_path / "c.bin"), "--count", "12")
     assert r.returncode == 0 and r.stdout.startswith("the cat sat on the mat.<|endoftext|>")
     r = run_cli("tokenizer", "show", "--tokenizer", str(tok), "the cat")
