@@ -55,16 +55,28 @@ class TokenData:
             raise ScratchLMError(f"{self.path}: its sidecar has no bytes_per_token, needed for bits per byte")
         return float(b)
 
-    def check_vocab(self, model_vocab_size: int) -> None:
-        """Error unless every id the tokenizer can write fits the model's embedding table.
+    def max_id(self, chunk: int = 1 << 24) -> int:
+        """The largest id in the file: a vectorised max over the memmap, `chunk` tokens at a time (about
+        0.5 s per GB of uint16 tokens), so memory stays bounded whatever the file size."""
+        top = -1
+        for i in range(0, len(self.tokens), chunk):
+            top = max(top, int(self.tokens[i : i + chunk].max()))
+        return top
 
-        Uses the sidecar's vocab_size rather than scanning the file. A model vocab larger than the
-        tokenizer's (padded to a multiple of 64, say) is fine.
-        """
+    def check_vocab(self, model_vocab_size: int) -> None:
+        """Error unless every id in the file fits the model's embedding table: first the sidecar's
+        vocab_size (a model vocab larger than the tokenizer's, padded to a multiple of 64, say, is fine),
+        then the ids themselves (a damaged or foreign file would otherwise crash training mid-run)."""
         if self.vocab_size > model_vocab_size:
             raise ScratchLMError(
                 f"{self.path} holds ids of a {self.vocab_size}-token vocabulary but the model has "
                 f"vocab_size {model_vocab_size}: set model.vocab_size >= {self.vocab_size}"
+            )
+        top = self.max_id()
+        if top >= self.vocab_size:
+            raise ScratchLMError(
+                f"{self.path} holds id {top}, outside the {self.vocab_size}-token vocabulary its sidecar states: "
+                "the file is damaged or was not written by this tokenizer (re-encode the corpus)"
             )
 
 

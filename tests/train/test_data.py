@@ -186,3 +186,14 @@ def test_bits_per_byte():
     assert bits_per_byte(nats, n, bytes_per_token=4.0) == pytest.approx(0.5)
     with pytest.raises(ScratchLMError):
         bits_per_byte(1.0, 0, 4.0)
+
+
+def test_ids_outside_the_vocabulary_are_found_before_training(tmp_path):
+    """A token file whose ids exceed its sidecar's vocabulary is refused up front (issue 12, item 8)."""
+    ids = np.arange(100) % 10
+    ids[57] = 12  # one damaged id
+    d = write_tokens(tmp_path / "bad.bin", ids, vocab_size=10)
+    assert d.max_id(chunk=16) == 12
+    with pytest.raises(ScratchLMError, match="holds id 12, outside the 10-token vocabulary"):
+        d.check_vocab(64)
+    write_tokens(tmp_path / "good.bin", np.arange(100) % 10, vocab_size=10).check_vocab(10)
