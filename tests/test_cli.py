@@ -66,6 +66,20 @@ def test_train_encode_decode_end_to_end(tmp_path):
         "tokenizer", "encode", "--tokenizer", str(tok), "--input", str(corpus), "--out", str(tmp_path / "c.bin")
     )
     assert r.returncode == 0 and "400 documents" in r.stdout, r.stderr + r.stdout
+    for flag, value in (("--chunk-mb", "0"), ("--chunk-mb", "-1"), ("--workers", "-2")):  # no empty file, no traceback
+        r = run_cli(
+            "tokenizer",
+            "encode",
+            "--tokenizer",
+            str(tok),
+            "--input",
+            str(corpus),
+            "--out",
+            str(tmp_path / "z.bin"),
+            flag,
+            value,
+        )
+        assert r.returncode == 1 and r.stderr.startswith("scratchlm: error: ") and not (tmp_path / "z.bin").exists()
     bad_out = str(corpus / "c.bin")  # a path through a regular file: an OSError, reported in one line
     r = run_cli("tokenizer", "encode", "--tokenizer", str(tok), "--input", str(corpus), "--out", bad_out)
     lines = [line for line in r.stderr.splitlines() if line.strip()]

@@ -49,6 +49,10 @@ def encode_file(
 ) -> dict:
     """Encode `input_path` into `output_path` (+ `<output>.json`). Returns the sidecar dict."""
     input_path = check_input_file(input_path, "corpus file")
+    if chunk_bytes < 1:
+        raise ScratchLMError(f"chunk size must be > 0 bytes (--chunk-mb > 0), got {chunk_bytes} bytes")
+    if num_workers is not None and num_workers < 0:
+        raise ScratchLMError(f"the number of workers must be >= 0 (0 = one per core), got {num_workers}")
     output_path = Path(output_path)
     if output_path.exists() and not overwrite:
         raise ScratchLMError(f"{output_path} already exists (pass --force / overwrite=True to replace it)")
