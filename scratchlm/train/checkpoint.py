@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -45,6 +46,8 @@ from scratchlm.distributed.parallelize import unwrap_model
 from scratchlm.errors import ScratchLMError
 from scratchlm.io import atomic_dir, read_json, write_json
 from scratchlm.train.state import TrainState, restore_part, rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "scratchlm-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -291,7 +294,22 @@ def _prune(root: Path, keep_last: int, keep: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
     for p in root.iterdir():
         if p.is_dir() and _STALE_TMP.fullmatch(p.name):
+            if p.name.endswith(".old") and _recover_old(root, p):
+                continue  # the only copy of a step whose replacement was cut short: put back, not deleted
             shutil.rmtree(p, ignore_errors=True)
+
+
+def _recover_old(root: Path, old: Path) -> bool:
+    """A replacement of step_N (io.atomic_dir) moves the old copy to `.step_N.*.old/dir`, then renames the new
+    one in. Killed in between, step_N is missing and this is its only copy: move it back. True if it did."""
+    name = old.name[1:].split(".")[0]  # ".step_0000600.abc.old" -> "step_0000600"
+    target, saved = root / name, old / "dir"
+    if target.exists() or not (saved / META_FILE).is_file():
+        return False
+    os.replace(saved, target)
+    shutil.rmtree(old, ignore_errors=True)
+    log.warning("recovered checkpoint %s from an interrupted replacement", target)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,10 +327,20 @@ def find_checkpoint(path: str | Path, which: Literal["latest", "best"] = "latest
         name = _pointer_dir(root, which)
         if name is not None:
             if not (root / name / META_FILE).is_file():
+                for old in root.glob(f".{name}.*.old"):  # a replacement of it was interrupted
+                    _recover_old(root, old)
+            if (root / name / META_FILE).is_file():
+                return root / name
+            intact = [p for p in list_checkpoints(root.parent) if (p / META_FILE).is_file()]
+            if not intact:
                 raise ScratchLMError(
-                    f"{root / f'{which}.json'} points to {root / name}, which is missing or incomplete"
+                    f"{root / f'{which}.json'} points to {root / name}, which is missing or incomplete, "
+                    "and no other checkpoint is intact"
                 )
-            return root / name
+            log.warning(
+                "%s points to missing %s: using the newest intact checkpoint %s", f"{which}.json", name, intact[-1]
+            )
+            return intact[-1]
     raise ScratchLMError(
         f"no checkpoint in {path}: expected a step directory (with {META_FILE}) or a run directory "
         f"with checkpoints/{which}.json"

@@ -198,3 +198,61 @@ def test_resume_config_check(tmp_path, monkeypatch):
     check_resume_config(saved, {**saved, "data": {**saved["data"], "train": str(tmp_path / "data" / "train.bin")}})
     with pytest.raises(ScratchLMError, match="data.train"):
         check_resume_config(saved, {**saved, "data": {**saved["data"], "train": "data/other.bin"}})
+
+
+def _tiny_model() -> TransformerLM:
+    torch.manual_seed(0)
+    return TransformerLM(ModelConfig(vocab_size=32, context_length=8, d_model=16, n_layers=1, n_heads=2))
+
+
+def test_a_replacement_killed_midway_loses_nothing(tmp_path, monkeypatch):
+    """Fault injection (issue 12, item 3): re-saving a step is killed after the old copy was moved aside and
+    before the new one was renamed in. The next reader puts the old copy back; a later save does not delete it."""
+    import scratchlm.io as io_mod
+
+    model = _tiny_model()
+    ckpt.save_checkpoint(tmp_path, 2, model)
+    ckpt.save_checkpoint(tmp_path, 4, model)
+    real_replace = os.replace
+
+    def killed_on_rename_in(src, dst):  # the old copy went aside already; the new one never arrives
+        if str(src).endswith(".tmp") and os.path.basename(dst) == "step_0000004":
+            raise KeyboardInterrupt("killed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io_mod.os, "replace", killed_on_rename_in)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path, 4, model)
+    monkeypatch.setattr(io_mod.os, "replace", real_replace)
+    root = tmp_path / "checkpoints"
+    assert not (root / "step_0000004").exists() and list(root.glob(".step_0000004.*.old"))
+    found = ckpt.find_checkpoint(tmp_path)  # the reader recovers the moved-aside copy
+    assert found == root / "step_0000004" and ckpt.read_checkpoint_meta(found)["step"] == 4
+    ckpt.load_checkpoint(tmp_path, _tiny_model())
+
+
+def test_a_pointer_to_a_missing_step_falls_back_to_the_newest_intact_one(tmp_path, caplog):
+    import shutil
+
+    model = _tiny_model()
+    for step in (2, 4, 6):
+        ckpt.save_checkpoint(tmp_path, step, model, keep_last=3)
+    shutil.rmtree(tmp_path / "checkpoints" / "step_0000006")
+    with caplog.at_level("WARNING"):
+        assert ckpt.find_checkpoint(tmp_path).name == "step_0000004"
+    assert "newest intact" in caplog.text
+    shutil.rmtree(tmp_path / "checkpoints" / "step_0000004")
+    shutil.rmtree(tmp_path / "checkpoints" / "step_0000002")
+    with pytest.raises(ScratchLMError, match="no other checkpoint is intact"):
+        ckpt.find_checkpoint(tmp_path)
+
+
+def test_prune_puts_back_an_interrupted_replacement_instead_of_deleting_it(tmp_path):
+    model = _tiny_model()
+    ckpt.save_checkpoint(tmp_path, 2, model)
+    root = tmp_path / "checkpoints"
+    aside = root / ".step_0000002.x1.old"
+    aside.mkdir()
+    os.replace(root / "step_0000002", aside / "dir")  # the state a kill mid-replacement leaves
+    ckpt.save_checkpoint(tmp_path, 3, model, keep_last=2)  # its cleanup must not delete the only copy of step 2
+    assert (root / "step_0000002" / "meta.json").is_file() and not aside.exists()
