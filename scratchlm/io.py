@@ -107,3 +107,51 @@ def check_input_file(path: str | os.PathLike, what: str = "input file") -> Path:
     if path.stat().st_size == 0:
         raise ScratchLMError(f"{what} {path} is empty")
     return path
+
+
+LOCK_FILE = ".scratchlm.lock"
+
+
+class DirLock:
+    """An exclusive lock on an output directory (`<dir>/.scratchlm.lock`, an OS file lock via `fcntl.flock`),
+    so that two processes never write one run or pipeline output at once. The kernel releases it when the
+    process dies, so a killed run leaves no stale lock behind.
+
+        with DirLock(out_dir, "a training run"):
+            ...
+    """
+
+    def __init__(self, directory: str | os.PathLike, what: str):
+        self.dir, self.what, self.fd = Path(directory), what, None
+
+    def acquire(self) -> DirLock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no OS lock to take (documented: concurrent runs are then unguarded)
+            return self
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "unknown"
+            os.close(fd)
+            raise ScratchLMError(
+                f"{self.dir} is in use by another scratchlm process (pid {holder}): wait for it to finish, "
+                f"or use another output directory for {self.what}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}, {self.what}".encode())  # who holds it, for the message above
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+    def __enter__(self) -> DirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

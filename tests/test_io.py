@@ -41,3 +41,25 @@ def test_atomic_dir_refuses_existing_and_cleans_up(tmp_path):
         (d / "x").write_text("partial")
         raise RuntimeError
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_dir_lock_refuses_a_second_writer_and_is_released(tmp_path):
+    from scratchlm.io import DirLock
+
+    with DirLock(tmp_path / "out", "a test run"):
+        with pytest.raises(ScratchLMError, match=r"in use by another scratchlm process \(pid \d+, a test run\)"):
+            DirLock(tmp_path / "out", "another run").acquire()
+    with DirLock(tmp_path / "out", "a later run"):  # released on exit
+        pass
+
+
+def test_dir_lock_is_released_when_the_holder_dies(tmp_path):
+    """A killed process leaves no stale lock: the kernel drops it with the process."""
+    import subprocess
+    import sys
+
+    from scratchlm.io import DirLock
+
+    code = f"from scratchlm.io import DirLock; DirLock({str(tmp_path)!r}, 'x').acquire(); import os; os._exit(0)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    DirLock(tmp_path, "after a dead holder").acquire().release()

@@ -40,7 +40,7 @@ from scratchlm.data.shard_task import JSONL_OPTIONS, run_shard_task, tokenize_sh
 from scratchlm.data.stages import GLOBAL_STAGES
 from scratchlm.data.stats import merge_stats
 from scratchlm.errors import ScratchLMError
-from scratchlm.io import atomic_write, read_json, write_json
+from scratchlm.io import DirLock, atomic_write, read_json, write_json
 from scratchlm.progress import progress_bar
 
 
@@ -56,14 +56,21 @@ class _Upstream:
 
 
 def run_pipeline(cfg: PipelineConfig, force: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
-    from scratchlm.data.executors import make_executor
-
+    """Check the config and inputs, then run the pipeline into `cfg.output.dir`, which one process at a time
+    may write (an OS lock, `io.DirLock`: a second run on the same output stops before touching it)."""
     t0 = time.perf_counter()
     phases = build_phases(cfg)
     shards = make_shards(expand_inputs(cfg.input.paths))
     check_inputs_before_stages(cfg, phases, shards)
-    out = Path(cfg.output.dir)
     tok_info = _check_tokenizer(cfg.output.tokenizer) if cfg.output.tokenizer else None
+    with DirLock(cfg.output.dir, "a data pipeline run"):
+        return _run_locked(cfg, phases, shards, tok_info, force, progress, log, t0)
+
+
+def _run_locked(cfg, phases, shards, tok_info, force: bool, progress: bool, log, t0: float) -> dict[str, Any]:
+    from scratchlm.data.executors import make_executor
+
+    out = Path(cfg.output.dir)
     if force:
         for sub in ("data", "work", "tokens"):
             shutil.rmtree(out / sub, ignore_errors=True)

@@ -30,7 +30,7 @@ from scratchlm.config import to_dict, to_toml
 from scratchlm.distributed.mesh import destroy_distributed, init_distributed
 from scratchlm.distributed.parallelize import parallelize
 from scratchlm.errors import ScratchLMError
-from scratchlm.io import atomic_write, write_json
+from scratchlm.io import DirLock, atomic_write, write_json
 from scratchlm.model import TransformerLM
 from scratchlm.model.accounting import flops_per_token
 from scratchlm.tokenizer import load_tokenizer
@@ -93,6 +93,17 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True):
         self.cfg, self.progress = cfg, progress
         self.mesh = mesh = init_distributed(cfg)
+        self.metrics = None
+        # One writer per run directory: a second `scratchlm train` on the same out_dir stops here.
+        self.lock = DirLock(cfg.out_dir, "a training run").acquire() if mesh.main else None
+        try:
+            self._setup(cfg, resume, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+        mesh = self.mesh
         self.run_dir = prepare_run_dir(cfg, resume, overwrite) if mesh.main else Path(cfg.out_dir)
         train_data, valid, tokenizer = open_data(cfg)
         # One draw per optimizer step of dp x batch_size x grad_accum windows, fixed by (seed, step): this
@@ -258,5 +269,8 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
         if self.mesh.world > 1:
             destroy_distributed()

@@ -209,3 +209,17 @@ def test_final_checkpoint_is_saved_before_sampling(tiny_data, tmp_path, monkeypa
 def test_sample_longer_than_the_context_is_refused_before_training(tiny_data, tmp_path):
     with pytest.raises(ScratchLMError, match="sample_tokens must be in"):
         cfg_for(tiny_data, tmp_path, sample_tokens=10_000).validate()
+
+
+def test_a_second_run_on_a_busy_run_directory_is_refused(tiny_data, tmp_path):
+    """Two `scratchlm train` on one out_dir (issue 12, item 4): the second stops before touching anything."""
+    from scratchlm.io import DirLock
+
+    cfg = cfg_for(tiny_data, tmp_path, steps=2, eval_every=0)
+    train(cfg, progress=False)
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    with DirLock(tmp_path / "run", "the first run"):  # what a running first process holds
+        with pytest.raises(ScratchLMError, match="in use by another scratchlm process"):
+            train(cfg, overwrite=True, progress=False)  # --force must not delete the first run's files
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+    train(cfg_for(tiny_data, tmp_path, steps=3, eval_every=0), resume=True, progress=False)  # released after
