@@ -17,6 +17,7 @@ changed config recomputes exactly what it affects. Every file is written atomica
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -42,6 +43,7 @@ from scratchlm.data.stats import merge_stats
 from scratchlm.errors import ScratchLMError
 from scratchlm.io import DirLock, atomic_write, read_json, write_json
 from scratchlm.progress import progress_bar
+from scratchlm.tokenizer.token_file import TOKENS_FORMAT
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
@@ -62,6 +64,7 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, progress: bool = True
     phases = build_phases(cfg)
     shards = make_shards(expand_inputs(cfg.input.paths))
     check_inputs_before_stages(cfg, phases, shards)
+    _refuse_inputs_inside(Path(cfg.output.dir), shards)
     tok_info = _check_tokenizer(cfg.output.tokenizer) if cfg.output.tokenizer else None
     with DirLock(cfg.output.dir, "a data pipeline run"):
         return _run_locked(cfg, phases, shards, tok_info, force, progress, log, t0)
@@ -72,9 +75,7 @@ def _run_locked(cfg, phases, shards, tok_info, force: bool, progress: bool, log,
 
     out = Path(cfg.output.dir)
     if force:
-        for sub in ("data", "work", "tokens"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-        (out / "tokens.bin").unlink(missing_ok=True)
+        _remove_own_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "pipeline.toml", "w", encoding="utf-8") as f:
         f.write(to_toml(cfg))
@@ -179,6 +180,41 @@ def _execute(executor, fn, tasks, task_shards, results, label, progress) -> list
                 bar.set_postfix_str(f"{docs / max(time.perf_counter() - t0, 1e-9):,.0f} docs/s out")
             bar.update(1)
     return failures
+
+
+def _refuse_inputs_inside(out: Path, shards: list[Shard]) -> None:
+    """An input under the output directory could be deleted by --force or read back as an input by a
+    rerun (the run's own outputs): refused before anything runs."""
+    root = out.resolve()
+    for s in shards:
+        if root in Path(s.path).resolve().parents:
+            raise ScratchLMError(
+                f"input {s.path} is inside the output directory {out}: move it, or choose another output.dir"
+            )
+
+
+def _remove_own_outputs(out: Path) -> None:
+    """--force: delete what a previous run wrote, recognised by its own marks, and nothing else: each shard's
+    `.jsonl` with its `.stats.json` in data/ and work/phase-*/, a global stage's plan files, token files with
+    a scratchlm token sidecar; then the directories left empty. Other files (a user's notes) stay."""
+    shard_dirs = [out / "data", *sorted((out / "work").glob("phase-*"))]
+    for d in shard_dirs:
+        for stats in d.glob("*.stats.json"):
+            stats.with_name(stats.name[: -len(".stats.json")] + ".jsonl").unlink(missing_ok=True)
+            stats.unlink()
+        for name in ("plan.json", "duplicated_lines.npy"):
+            (d / name).unlink(missing_ok=True)
+    for sidecar in [*(out / "tokens").glob("*.bin.json"), out / "tokens.bin.json"]:
+        try:
+            own = read_json(sidecar, "token sidecar").get("format") == TOKENS_FORMAT
+        except (ScratchLMError, AttributeError):
+            own = False
+        if own:
+            sidecar.with_name(sidecar.name[: -len(".json")]).unlink(missing_ok=True)
+            sidecar.unlink()
+    for d in [*shard_dirs, out / "work", out / "tokens"]:
+        with contextlib.suppress(OSError):  # not empty (someone else's files) or absent: left as is
+            d.rmdir()
 
 
 def _remove_stale(out_dir: Path, names: set[str]) -> None:

@@ -332,3 +332,29 @@ def test_wet_input_needs_no_extract_stage(tmp_path):
     )
     run_pipeline(cfg, progress=False, log=quiet)
     assert sorted(outputs(tmp_path / "run")) == ["w0", "w1", "w2"]
+
+
+def test_force_removes_only_what_the_pipeline_wrote(tmp_path):
+    """--force (issue 12, item 1) deletes the previous run's own outputs, never a user's files beside them."""
+    cfg = config(tmp_path, stages=[{"stage": "extract"}, {"stage": "exact_dedup"}])
+    run_pipeline(cfg, progress=False, log=quiet)
+    run = tmp_path / "run"
+    notes = [run / "data" / "my-notes.txt", run / "work" / "keep.me", run / "tokens" / "mine.bin"]
+    for p in notes:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("a user's file")
+    first = outputs(run)
+    again = run_pipeline(cfg, force=True, progress=False, log=quiet)
+    assert all(p.read_text() == "a user's file" for p in notes)
+    assert outputs(run) == first and again["inputs"] == 2
+
+
+def test_input_inside_the_output_directory_is_refused(tmp_path):
+    cfg = config(tmp_path)
+    inside = tmp_path / "run" / "b.jsonl"
+    inside.parent.mkdir()
+    inside.write_bytes((tmp_path / "b.jsonl").read_bytes())
+    cfg.input.paths = [str(inside)]
+    with pytest.raises(ScratchLMError, match="inside the output directory"):
+        run_pipeline(cfg, progress=False, log=quiet)
+    assert inside.exists()
