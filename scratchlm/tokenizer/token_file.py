@@ -22,6 +22,9 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+TOKEN_DTYPES = ("uint16", "uint32")  # the only id types a token file holds (token_dtype)
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 when every id fits (vocab <= 65,536), else uint32."""
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
@@ -35,6 +38,18 @@ def read_token_meta(path: str | Path) -> dict:
         raise ScratchLMError(
             f"{path} is token-file version {meta.get('version')}; this scratchlm reads version {TOKENS_VERSION}"
         )
+    bad = f"{sidecar_path(path)} is damaged:"
+    if meta.get("dtype") not in TOKEN_DTYPES:
+        raise ScratchLMError(f"{bad} dtype {meta.get('dtype')!r} is not one of {', '.join(TOKEN_DTYPES)}")
+    count = meta.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ScratchLMError(f"{bad} count {count!r} is not a number of tokens")
+    vocab = meta.get("vocab_size")
+    if vocab is not None and (not isinstance(vocab, int) or vocab < 1 or np.dtype(meta["dtype"]) != token_dtype(vocab)):
+        raise ScratchLMError(f"{bad} vocab_size {vocab!r} does not fit its dtype {meta['dtype']}")
+    tok_hash = meta.get("tokenizer_hash")
+    if tok_hash is not None and not isinstance(tok_hash, str):
+        raise ScratchLMError(f"{bad} tokenizer_hash {tok_hash!r} is not a string")
     return meta
 
 
@@ -51,7 +66,9 @@ def open_tokens(path: str | Path, expect_tokenizer_hash: str | None = None) -> t
             f"{path} has {size} bytes but its sidecar says {meta['count']} {dtype} tokens: truncated or replaced"
         )
     if expect_tokenizer_hash is not None and meta.get("tokenizer_hash") != expect_tokenizer_hash:
-        raise ScratchLMError(f"{path} was encoded with another tokenizer (hash {meta.get('tokenizer_hash', '?')[:12]})")
+        raise ScratchLMError(
+            f"{path} was encoded with another tokenizer (hash {(meta.get('tokenizer_hash') or '?')[:12]})"
+        )
     if meta["count"] == 0:
         return np.zeros(0, dtype=dtype), meta  # np.memmap cannot map an empty file
     return np.memmap(path, dtype=dtype, mode="r"), meta

@@ -197,3 +197,34 @@ def test_ids_outside_the_vocabulary_are_found_before_training(tmp_path):
     with pytest.raises(ScratchLMError, match="holds id 12, outside the 10-token vocabulary"):
         d.check_vocab(64)
     write_tokens(tmp_path / "good.bin", np.arange(100) % 10, vocab_size=10).check_vocab(10)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        ({"dtype": "float32"}, "dtype 'float32' is not one of"),
+        ({"dtype": None}, "dtype None is not one of"),
+        ({"count": "many"}, "count 'many' is not a number"),
+        ({"vocab_size": 100_000}, "does not fit its dtype"),
+        ({"tokenizer_hash": 7}, "tokenizer_hash 7 is not a string"),
+    ],
+)
+def test_damaged_sidecars_are_one_line_errors(tmp_path, edit, match):
+    """A hand-edited or damaged sidecar (issue 12, item 8) is refused with the field named, not a traceback."""
+    import json
+
+    write_tokens(tmp_path / "t.bin", np.arange(20) % 10, vocab_size=10)
+    side = sidecar_path(tmp_path / "t.bin")
+    side.write_text(json.dumps({**json.loads(side.read_text()), **edit}))
+    with pytest.raises(ScratchLMError, match=match):
+        TokenData(tmp_path / "t.bin")
+
+
+def test_null_tokenizer_hash_is_another_tokenizer_not_a_traceback(tmp_path):
+    import json
+
+    write_tokens(tmp_path / "t.bin", np.arange(20) % 10, vocab_size=10)
+    side = sidecar_path(tmp_path / "t.bin")
+    side.write_text(json.dumps({**json.loads(side.read_text()), "tokenizer_hash": None}))
+    with pytest.raises(ScratchLMError, match="another tokenizer"):
+        TokenData(tmp_path / "t.bin", expect_tokenizer_hash="0" * 64)
