@@ -279,11 +279,18 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def _pointer_dir(root: Path, which: str) -> str | None:
+    """The step directory name `which`.json names; None if the file is absent, unreadable or garbage (the
+    readers then fall back to the newest intact checkpoint)."""
     path = root / f"{which}.json"
     if not path.is_file():
         return None
-    pointer = read_json(path, f"{which}-checkpoint pointer")
-    return pointer.get("dir") if isinstance(pointer, dict) else None
+    try:
+        pointer = read_json(path, f"{which}-checkpoint pointer")
+    except ScratchLMError as e:
+        log.warning("%s", e)
+        return None
+    name = pointer.get("dir") if isinstance(pointer, dict) else None
+    return name if isinstance(name, str) and _STEP_DIR.fullmatch(name) else None
 
 
 def _prune(root: Path, keep_last: int, keep: str) -> None:
@@ -324,23 +331,22 @@ def find_checkpoint(path: str | Path, which: Literal["latest", "best"] = "latest
     if (path / META_FILE).is_file():
         return path
     for root in (path / "checkpoints", path):
+        if not (root / f"{which}.json").is_file():
+            continue
         name = _pointer_dir(root, which)
-        if name is not None:
-            if not (root / name / META_FILE).is_file():
-                for old in root.glob(f".{name}.*.old"):  # a replacement of it was interrupted
-                    _recover_old(root, old)
-            if (root / name / META_FILE).is_file():
-                return root / name
-            intact = [p for p in list_checkpoints(root.parent) if (p / META_FILE).is_file()]
-            if not intact:
-                raise ScratchLMError(
-                    f"{root / f'{which}.json'} points to {root / name}, which is missing or incomplete, "
-                    "and no other checkpoint is intact"
-                )
-            log.warning(
-                "%s points to missing %s: using the newest intact checkpoint %s", f"{which}.json", name, intact[-1]
+        if name is not None and not (root / name / META_FILE).is_file():
+            for old in root.glob(f".{name}.*.old"):  # a replacement of it was interrupted
+                _recover_old(root, old)
+        if name is not None and (root / name / META_FILE).is_file():
+            return root / name
+        intact = [p for p in list_checkpoints(root.parent) if (p / META_FILE).is_file()]
+        if not intact:
+            raise ScratchLMError(
+                f"{root / f'{which}.json'} points to {root / str(name)}, which is missing or incomplete, "
+                "and no other checkpoint is intact"
             )
-            return intact[-1]
+        log.warning("%s.json names no intact checkpoint: using the newest intact one, %s", which, intact[-1])
+        return intact[-1]
     raise ScratchLMError(
         f"no checkpoint in {path}: expected a step directory (with {META_FILE}) or a run directory "
         f"with checkpoints/{which}.json"

@@ -241,6 +241,10 @@ def test_a_pointer_to_a_missing_step_falls_back_to_the_newest_intact_one(tmp_pat
     with caplog.at_level("WARNING"):
         assert ckpt.find_checkpoint(tmp_path).name == "step_0000004"
     assert "newest intact" in caplog.text
+    (tmp_path / "checkpoints" / "latest.json").write_text("{not json")  # a garbage pointer: the same fallback
+    assert ckpt.find_checkpoint(tmp_path).name == "step_0000004"
+    (tmp_path / "checkpoints" / "latest.json").write_text('{"dir": 123}')
+    assert ckpt.find_checkpoint(tmp_path).name == "step_0000004"
     shutil.rmtree(tmp_path / "checkpoints" / "step_0000004")
     shutil.rmtree(tmp_path / "checkpoints" / "step_0000002")
     with pytest.raises(ScratchLMError, match="no other checkpoint is intact"):
