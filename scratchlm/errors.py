@@ -7,3 +7,8 @@ class ScratchLMError(Exception):
     The message must name the problem (the file, the key, the value) and, where there is one,
     the fix. The CLI prints it as `scratchlm: error: <message>` and exits with status 1.
     """
+
+
+class InvalidArgument(ScratchLMError, ValueError):
+    """A setting or argument outside its range (a negative count, top_p above 1): a ValueError for Python
+    callers, a one-line error for the CLI."""

@@ -88,6 +88,8 @@ def test_train_encode_decode_end_to_end(tmp_path):
     assert r.returncode == 0 and r.stdout.startswith("the cat sat on the mat.<|endoftext|>")
     r = run_cli("tokenizer", "show", "--tokenizer", str(tok), "the cat")
     assert r.returncode == 0 and "' cat'" in r.stdout
+    r = run_cli("tokenizer", "decode", "--tokenizer", str(tok), "--input", str(tmp_path / "c.bin"), "--count", "-5")
+    assert r.returncode == 1 and "must be >= 0" in r.stderr
     r = run_cli("tokenizer", "decode", "--tokenizer", str(tok), "--ids", "1,99999")
     assert r.returncode == 1 and "outside the vocabulary" in r.stderr
     r = run_cli("tokenizer", "train", "--print-config", "--set", "vocab_size=512")

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from scratchlm.errors import InvalidArgument
 from scratchlm.model.primitives import softmax
 
 
@@ -54,23 +55,23 @@ def sample_next(
 def _check_args(model, T: int, max_new_tokens: int, temperature, top_k, top_p, max_len: int | None) -> None:
     cfg = model.config
     if T < 1:
-        raise ValueError("the prompt must hold at least one token")
+        raise InvalidArgument("the prompt must hold at least one token")
     if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        raise InvalidArgument(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        raise InvalidArgument(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise InvalidArgument(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise InvalidArgument(f"top_p must be in (0, 1], got {top_p}")
     max_len = max_len or cfg.context_length
     if cfg.positions in ("learned", "sinusoidal") and max_len > cfg.context_length:
-        raise ValueError(
+        raise InvalidArgument(
             f"max_len={max_len} > context_length={cfg.context_length}: a model with {cfg.positions} "
             "positions has no position beyond its context"
         )
     if T + max_new_tokens > max_len:
-        raise ValueError(
+        raise InvalidArgument(
             f"prompt of {T} tokens + max_new_tokens={max_new_tokens} = {T + max_new_tokens} > max_len={max_len}"
             " (shorten the prompt or generate fewer tokens; RoPE/NoPE models accept a larger max_len)"
         )
@@ -131,7 +132,7 @@ def generate(
     positions = None
     if ragged:
         if any(len(p) < 1 for p in prompt_ids):
-            raise ValueError("every prompt must hold at least one token")
+            raise InvalidArgument("every prompt must hold at least one token")
         ids, positions = left_pad(prompt_ids)
         positions = positions.to(device)
     else:

@@ -151,6 +151,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
             raise ScratchLMError(f"--ids must be comma-separated integers, got {args.ids!r}") from None
     else:
         data, _ = open_tokens(args.input, expect_tokenizer_hash=tok.hash)
+        if args.offset < 0 or args.count < 0:
+            raise ScratchLMError(f"--offset and --count must be >= 0, got {args.offset} and {args.count}")
         ids = data[args.offset : args.offset + args.count].tolist()
     print(tok.decode(ids))
     return 0

@@ -43,3 +43,14 @@ def test_both_spellings_print_the_same_text(tiny_run, capsys, prompt):
     assert main(["generate", *args]) == 0
     old = capsys.readouterr().out
     assert new == old and new.startswith(prompt) and len(new) > len(prompt) + 1
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [("--max-new-tokens", "-5", "max_new_tokens must be >= 0"), ("--top-p", "5", "top_p must be in (0, 1]")],
+)
+def test_out_of_range_settings_are_one_line_errors(tiny_run, capsys, flag, value, message):
+    """Issue 12, item 11: a bad generation setting ends in `scratchlm: error: ...`, exit 1, no traceback."""
+    assert main(["infer", "generate", "--run", str(tiny_run), "--max-new-tokens", "3", flag, value]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("scratchlm: error: ") and message in err[0]
