@@ -83,8 +83,14 @@ def test_compiled_training_follows_the_eager_trajectory(tiny_data, tmp_path):
     assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), rel=1e-4)
 
 
-def test_resume_continues_exactly(tiny_data, tmp_path, monkeypatch):
-    kw = dict(steps=12, log_every=1, eval_every=0, checkpoint_every=5, model={"dropout_resid": 0.1})
+@pytest.mark.parametrize(
+    "model",
+    [{"dropout_resid": 0.1}, {"dropout_resid": 0.1, "dropout_attn": 0.1, "moe.num_experts": 4, "moe.top_k": 2}],
+    ids=["dropout", "dropout_moe"],
+)
+def test_resume_continues_exactly(tiny_data, tmp_path, monkeypatch, model):
+    """Resume is bit-exact with every RNG consumer on: residual and attention dropout, with MoE routing."""
+    kw = dict(steps=12, log_every=1, eval_every=0, checkpoint_every=5, model=model)
     train(cfg_for(tiny_data, tmp_path, "full", **kw), progress=False)
 
     import scratchlm.train.schedules as schedules
