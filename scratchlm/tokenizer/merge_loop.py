@@ -127,7 +127,10 @@ def merge_loop(
         raise RuntimeError("the compiled BPE core is not built (no C compiler at install?); use backend='python'")
     if backend == "python" or _bpe_core is None:
         if backend == "auto":
-            log.warning("compiled BPE core not available: using the pure-Python merge loop (same result, slower)")
+            log.warning(
+                "compiled BPE core not available: using the pure-Python merge loop (same result, slower); "
+                "install a C compiler (e.g. `apt-get install gcc`) and reinstall scratchlm (`pip install -e .`)"
+            )
         return merge_loop_python([list(w) for w in words], freqs, token_bytes, num_merges, progress)
     from array import array
 

@@ -14,8 +14,10 @@ regex, fused with the cache lookups); the regex path remains the reference and t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from itertools import chain
 
@@ -38,6 +40,18 @@ try:  # imported apart from Merger: an extension built before it existed lacks i
     from scratchlm.tokenizer._bpe_encode import encode_pretokens  # type: ignore[attr-defined]
 except ImportError:
     encode_pretokens = None
+
+BUILD_HINT = "install a C compiler (e.g. `apt-get install gcc`) and reinstall scratchlm (`pip install -e .`)"
+
+
+@functools.cache
+def _warn_no_compiled_core() -> None:
+    """Said once per process: encoding falls back to the Python merge loop (same ids, ~12x slower)."""
+    logging.getLogger(__name__).warning(
+        "compiled BPE encoder not built: encoding with the pure-Python loop (same ids, about 12x slower); %s",
+        BUILD_HINT,
+    )
+
 
 END_OF_TEXT = "<|endoftext|>"  # GPT-2's document separator, preferred by `Tokenizer.end_of_text`
 _CACHE_LIMIT = 1 << 20  # distinct pre-tokens remembered before the cache is cleared
@@ -106,6 +120,8 @@ class Tokenizer:
                     f"merge #{rank} {a!r} + {b!r} uses or makes a token missing from the vocabulary"
                 ) from None
             self._ranks.setdefault(key, (rank, merged))
+        if Merger is None:
+            _warn_no_compiled_core()
         self._bpe = self._bpe_python if Merger is None else self._compiled_merger().encode
         self._pat = compile_pattern(pattern)
         self._splitter = special_splitter(self.special_tokens)

@@ -181,3 +181,17 @@ def test_pickles_by_definition(small_tok):
     text = f"hello world{EOT} the cat"
     clone = pickle.loads(pickle.dumps(small_tok))
     assert clone.encode(text) == small_tok.encode(text) and clone.hash == small_tok.hash
+
+
+def test_missing_compiled_encoder_is_said_once(monkeypatch, caplog):
+    """Without the C extension (no compiler at install) encoding still works, and says so once, with the fix."""
+    import scratchlm.tokenizer.tokenizer as tmod
+
+    monkeypatch.setattr(tmod, "Merger", None)
+    tmod._warn_no_compiled_core.cache_clear()
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            tok = Tokenizer({i: bytes([i]) for i in range(256)} | {256: b"ab"}, [(b"a", b"b")], [])
+            assert tok.encode("abab") == [256, 256]
+    said = [r for r in caplog.records if "compiled BPE encoder not built" in r.message]
+    assert len(said) == 1 and "apt-get install gcc" in said[0].message
