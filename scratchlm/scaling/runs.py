@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 COLUMNS: dict[str, tuple[str, ...]] = {
     "N": ("n", "params", "parameters", "num_params", "model_size"),
     "D": ("d", "tokens", "training_tokens", "train_tokens"),
-    "C": ("c", "flops", "compute", "train_flops", "training_flop", "training_flops"),
+    "C": ("c", "flops", "compute", "compute_budget", "train_flops", "training_flop", "training_flops"),
     "loss": ("loss", "val_loss", "final_loss", "best_val_loss"),
     "name": ("name", "run", "run_name"),
     "budget": ("budget",),  # the IsoFLOP budget a run was planned for (written by `scaling sweep`)

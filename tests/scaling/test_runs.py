@@ -36,6 +36,20 @@ def test_csv_with_chinchilla_columns_derives_tokens(tmp_path):
     assert np.allclose(runs.d, [1e10, 5e9])
 
 
+def test_cs336_isoflop_columns_need_no_mapping(tmp_path):
+    """CS336's IsoFLOP data names compute `compute_budget` (issue 12): read without --columns."""
+    import json
+
+    rows = [
+        {"parameters": 1e8, "compute_budget": 6e18, "final_loss": 3.1},
+        {"parameters": 2e8, "compute_budget": 6e18, "final_loss": 3.0},
+    ]
+    p = tmp_path / "isoflops_curves.json"
+    p.write_text(json.dumps(rows))
+    runs = load_runs(p)
+    assert runs.columns["C"] == "compute_budget" and np.allclose(runs.d, [1e10, 5e9])
+
+
 def test_explicit_column_mapping(tmp_path):
     rows = [{"nonemb": 5e5, "params": 1e6, "tokens": 1e7, "best_val_loss": 3.3, "val_loss": 3.4} for _ in range(2)]
     runs = load_runs(write_jsonl(tmp_path / "r.jsonl", rows), columns={"N": "nonemb", "loss": "best_val_loss"})
