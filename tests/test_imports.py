@@ -19,3 +19,11 @@ def test_cli_and_tokenizer_do_not_import_torch():
     code = "import sys, scratchlm.cli, scratchlm.tokenizer; scratchlm.cli.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_building_blocks_are_importable_from_scratchlm_model():
+    import scratchlm.model as m
+
+    for name in m.__all__:
+        assert getattr(m, name) is not None, name
+    from scratchlm.model import Block, CausalSelfAttention, GatedMLP, Linear, RMSNorm, RotaryEmbedding  # noqa: F401

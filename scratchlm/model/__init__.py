@@ -21,6 +21,23 @@ _EXPORTS = {
     "SSMConfig": "scratchlm.model.config",
     "ModelCache": "scratchlm.model.cache",
     "StepContext": "scratchlm.model.context",
+    # building blocks
+    "Linear": "scratchlm.model.primitives",
+    "Embedding": "scratchlm.model.primitives",
+    "RMSNorm": "scratchlm.model.norms",
+    "LayerNorm": "scratchlm.model.norms",
+    "RotaryEmbedding": "scratchlm.model.positions",
+    "apply_rotary": "scratchlm.model.positions",
+    "CausalSelfAttention": "scratchlm.model.attention",
+    "MultiHeadLatentAttention": "scratchlm.model.mla",
+    "LinearAttention": "scratchlm.model.linear_attention",
+    "S4DMixer": "scratchlm.model.ssm",
+    "Block": "scratchlm.model.block",
+    "DenseMLP": "scratchlm.model.mlp",
+    "GatedMLP": "scratchlm.model.mlp",
+    "MoE": "scratchlm.model.moe",
+    "build_attend": "scratchlm.model.attend",
+    "generate": "scratchlm.model.generate",
     "TransformerLM": "scratchlm.model.transformer",
 }
 __all__ = sorted(_EXPORTS)
