@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from scratchlm.io import atomic_write
+
 log = logging.getLogger(__name__)
 
 # Dense peak FLOP/s per device (vendor datasheets, no sparsity), by dtype. Matched by substring of
@@ -53,6 +55,30 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
                 return table[precision], f"{key} datasheet {precision}"
         return 0.0, f"unknown GPU {name!r}: no MFU"
     return measured_matmul_flops(str(device)), "measured CPU fp32 matmul"
+
+
+def truncate_metrics(run_dir: Path, step: int) -> int:
+    """Drop the records of steps after `step` from `run_dir/metrics.jsonl` (a resume from the checkpoint at
+    `step` trains them again: kept, they would appear twice). Atomic; a torn last line (a kill mid-write) is
+    dropped too. Returns the number of records removed."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    kept, removed = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            removed += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+            removed += 1
+        else:
+            kept.append(line)
+    if removed:
+        with atomic_write(path, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in kept))
+    return removed
 
 
 class MetricsLogger:

@@ -45,7 +45,7 @@ from scratchlm.train.config import TrainConfig
 from scratchlm.train.data import RandomWindows, TokenData
 from scratchlm.train.evaluator import Evaluator
 from scratchlm.train.losses import build_loss
-from scratchlm.train.metrics import MetricsLogger, format_progress, peak_flops, plot_loss_curve
+from scratchlm.train.metrics import MetricsLogger, format_progress, peak_flops, plot_loss_curve, truncate_metrics
 from scratchlm.train.noise_scale import NoiseScale
 from scratchlm.train.optim import build_optimizer
 from scratchlm.train.schedules import Schedule
@@ -152,6 +152,8 @@ class Trainer:
         saved = read_checkpoint_meta(find_checkpoint(self.run_dir))["config"]
         check_resume_config(saved, to_dict(self.cfg))
         load_train_state(self.run_dir, self.state, map_location=self.mesh.device, restore_rng=True)
+        if self.mesh.main:  # the steps after the checkpoint are trained again: their old records go
+            truncate_metrics(self.run_dir, self.state.step)
         log.info("resumed %s at step %d", self.run_dir, self.state.step)
 
     # ---- the loop
