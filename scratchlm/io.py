@@ -155,3 +155,15 @@ class DirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> None:
+    """Error now, before any expensive work, if `path` (a file or directory to be written) cannot be created
+    there: its parent is a file, read-only, or otherwise refuses a new file."""
+    parent = Path(path).absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise ScratchLMError(f"cannot write the {what} {path}: {e.strerror or e} ({parent})") from None

@@ -62,6 +62,8 @@ def test_train_encode_decode_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_cli("tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--out", str(tok), "--quiet")
     assert r.returncode == 1 and "already exists" in r.stderr  # refuses before doing the work
+    r = run_cli("tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--out", str(corpus / "t"))
+    assert r.returncode == 1 and "cannot write the tokenizer directory" in r.stderr and "merges" not in r.stdout
     r = run_cli(
         "tokenizer", "encode", "--tokenizer", str(tok), "--input", str(corpus), "--out", str(tmp_path / "c.bin")
     )

@@ -79,10 +79,12 @@ def train_tokenizer(cfg, out: Path, overwrite: bool = False, progress: bool = Tr
 
     from scratchlm.config import to_dict
     from scratchlm.errors import ScratchLMError
+    from scratchlm.io import check_writable
     from scratchlm.tokenizer import Tokenizer, save_tokenizer, train_bpe
 
     if out.exists() and not overwrite:  # fail before the work, not after
         raise ScratchLMError(f"{out} already exists (pass --force to replace it)")
+    check_writable(out, "tokenizer directory")  # a read-only or impossible location: say so before training
     corpus = Path(cfg.input) if cfg.input else _default_train_corpus(progress)
     t0 = time.perf_counter()
     vocab, merges = train_bpe(
