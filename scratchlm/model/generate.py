@@ -138,7 +138,7 @@ def generate(
     else:
         ids = torch.tensor([list(prompt_ids)], dtype=torch.long) if as_list else prompt_ids
     if ids.dim() != 2:
-        raise ValueError(f"prompt_ids must be a list of ints or a (B, T) tensor, got shape {tuple(ids.shape)}")
+        raise InvalidArgument(f"prompt_ids must be a list of ints or a (B, T) tensor, got shape {tuple(ids.shape)}")
     ids = ids.to(device=device, dtype=torch.long)
     B, T = ids.shape
     _check_args(model, T, max_new_tokens, temperature, top_k, top_p, max_len)

@@ -29,7 +29,6 @@ from scratchlm.model.config import ModelConfig
 from scratchlm.model.context import StepContext
 from scratchlm.model.norms import build_norm
 from scratchlm.model.positions import (
-    LearnedPositions,
     RotaryEmbedding,
     SinusoidalPositions,
     build_absolute_positions,
@@ -102,13 +101,12 @@ class TransformerLM(nn.Module):
         s = self.config.init_std
         scaled = s / math.sqrt(2 * self.config.n_layers)
         device = buffer_device or self.embed.weight.device
+        tied_head = self.head if self.config.tie_embeddings else None  # its weight is the embedding's: set once
         for m in self.modules():
-            if m is self or not hasattr(m, "reset_parameters"):
+            if m is self or m is tied_head or not hasattr(m, "reset_parameters"):
                 continue
             if isinstance(m, Linear):
                 m.reset_parameters(scaled if m.residual_out else s)
-            elif isinstance(m, (Embedding, LearnedPositions)):
-                m.reset_parameters()
             elif isinstance(m, (RotaryEmbedding, SinusoidalPositions)):
                 m.reset_parameters(device)
             else:
