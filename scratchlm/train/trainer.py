@@ -149,7 +149,8 @@ class Trainer:
 
     def restore(self) -> None:
         """Continue from the run's latest checkpoint (config checked first: a clear message, not a shape error)."""
-        saved = read_checkpoint_meta(find_checkpoint(self.run_dir))["config"]
+        # the config only: the file hashes are verified once, by load_train_state
+        saved = read_checkpoint_meta(find_checkpoint(self.run_dir), verify=False)["config"]
         check_resume_config(saved, to_dict(self.cfg))
         load_train_state(self.run_dir, self.state, map_location=self.mesh.device, restore_rng=True)
         if self.mesh.main:  # the steps after the checkpoint are trained again: their old records go
