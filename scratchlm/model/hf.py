@@ -227,9 +227,20 @@ def _has_bias(hf_name: str, model_type: str, attention_bias: bool = False, mlp_b
 # ---------------------------------------------------------------------------------------- load
 class _Checkpoint:
     """The tensors of `model.safetensors`, or of the shards named by `model.safetensors.index.json`,
-    read on demand; remembers which were used so leftovers can be reported."""
+    read on demand, or of an in-memory dict (`tensors`: a GGUF import); remembers which were used so
+    leftovers can be reported."""
 
-    def __init__(self, path: Path, prefix: str):
+    def __init__(self, path: Path | str, prefix: str, tensors: dict[str, Tensor] | None = None):
+        self.path = path
+        if tensors is not None:
+            self.where, self.files, self._tensors = dict.fromkeys(tensors, None), {}, tensors
+        else:
+            self._tensors = None
+            self._open(Path(path))
+        self.prefix = prefix if any(name.startswith(prefix) for name in self.where) else ""
+        self.used: set[str] = set()
+
+    def _open(self, path: Path) -> None:
         from safetensors import safe_open
 
         single, index = path / "model.safetensors", path / "model.safetensors.index.json"
@@ -251,9 +262,6 @@ class _Checkpoint:
             hint = f" (found {', '.join(other)}: only safetensors checkpoints are supported)" if other else ""
             raise ScratchLMError(f"no model.safetensors or model.safetensors.index.json in {path}{hint}")
         self.files = {file: safe_open(file, "pt") for file in files}
-        self.path = path
-        self.prefix = prefix if any(name.startswith(prefix) for name in self.where) else ""
-        self.used: set[str] = set()
 
     def key(self, name: str) -> str:
         return name if name == "lm_head.weight" else self.prefix + name
@@ -266,6 +274,8 @@ class _Checkpoint:
         if key not in self.where:
             raise ScratchLMError(f"checkpoint {self.path} has no tensor {key!r}")
         self.used.add(key)
+        if self._tensors is not None:
+            return self._tensors[key]
         try:
             return self.files[self.where[key]].get_tensor(key)
         except Exception as e:  # an index naming a tensor its shard lacks, a truncated file
@@ -313,19 +323,32 @@ def _read_state(cfg: ModelConfig, hf: dict, ck: _Checkpoint, wanted: dict[str, T
 def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     """A TransformerLM with the weights of a Hugging Face checkpoint directory (config.json +
     model.safetensors or a sharded index) of model_type gpt2, llama, mistral or qwen2."""
-    from scratchlm.model.transformer import TransformerLM
-
     path = Path(path)
     if not path.is_dir():
         raise ScratchLMError(f"Hugging Face model directory not found: {path}")
     hf = read_json(path / "config.json", "Hugging Face config.json")
+    return _load(hf, _Checkpoint(path, _prefix(hf)), dtype)
+
+
+def model_from_hf(hf: dict, tensors: dict[str, Tensor], source: str, dtype: torch.dtype = torch.float32):
+    """A TransformerLM from a config.json dict and tensors under their Hugging Face names (as
+    `model.safetensors` would hold them), e.g. a GGUF file converted in memory. `source` names them in errors."""
+    return _load(hf, _Checkpoint(source, _prefix(hf), tensors), dtype)
+
+
+def _prefix(hf: dict) -> str:
+    return "transformer." if hf.get("model_type") == "gpt2" else "model."
+
+
+def _load(hf: dict, ck: _Checkpoint, dtype: torch.dtype):
+    from scratchlm.model.transformer import TransformerLM
+
     model = TransformerLM(config_from_hf(hf))
-    ck = _Checkpoint(path, "transformer." if hf["model_type"] == "gpt2" else "model.")
     sd = _read_state(model.config, hf, ck, model.state_dict())
     leftovers = ck.leftovers()
     if leftovers:
         shown = ", ".join(leftovers[:8]) + (f" and {len(leftovers) - 8} more" if len(leftovers) > 8 else "")
-        raise ScratchLMError(f"checkpoint {path} has tensors the {hf['model_type']} mapping does not use: {shown}")
+        raise ScratchLMError(f"checkpoint {ck.path} has tensors the {hf['model_type']} mapping does not use: {shown}")
     model.load_state_dict(sd)
     return model.to(dtype)
 
