@@ -62,6 +62,8 @@ class PipelineConfig:
     workers: int = 0  # local processes (0 = one per core); with Ray, CPUs of a local Ray it starts
     ray_address: str = ""  # Ray cluster to join ("auto", "ray://head:10001"); "" = start a local Ray
     on_error: Literal["skip", "raise"] = "skip"  # a stage raising on a document: count and drop it, or fail the shard
+    # skip: a stage raising on more than this fraction of a shard's documents stops the run (1 = never)
+    max_error_fraction: float = 0.1
     examples_per_reason: int = 3  # dropped documents kept as examples in the report, per reason
     stages: list[dict[str, Any]] = field(default_factory=list)  # the [[stages]] tables, in order
 
@@ -72,6 +74,10 @@ class PipelineConfig:
             raise ScratchLMError("the pipeline has no output directory: set output.dir")
         if self.workers < 0:
             raise ScratchLMError(f"workers must be >= 0, got {self.workers}")
+        if not 0 <= self.max_error_fraction <= 1:
+            raise ScratchLMError(f"max_error_fraction must be in [0, 1], got {self.max_error_fraction}")
+        if self.examples_per_reason < 0:
+            raise ScratchLMError(f"examples_per_reason must be >= 0, got {self.examples_per_reason}")
         for i, table in enumerate(self.stages):
             parse_stage(table, f"stages[{i}]")
 

@@ -17,8 +17,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scratchlm.data.hashing import ngram_hash_series, word_hashes
+from scratchlm.errors import ScratchLMError
 
 _LETTER = re.compile(r"[^\W\d_]")  # a Unicode letter
+
+
+def _non_negative(cfg, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < 0:
+            raise ScratchLMError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+
+
+def _fractions(cfg, *names: str) -> None:
+    for name in names:
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise ScratchLMError(f"{name} must be a fraction in [0, 1], got {getattr(cfg, name)}")
 
 
 @dataclass
@@ -29,6 +42,12 @@ class GopherRules:
     max_mean_word_length: float = 10.0  # longer: URLs, hashes, run-together text
     max_ellipsis_line_fraction: float = 0.3  # more lines ending in "..." (or "…"): truncated snippets
     min_alpha_word_fraction: float = 0.8  # fewer words with a letter: tables of numbers, code, symbols
+
+    def validate(self) -> None:
+        _non_negative(self, "min_words", "max_words", "min_mean_word_length", "max_mean_word_length")
+        _fractions(self, "max_ellipsis_line_fraction", "min_alpha_word_fraction")
+        if self.min_words > self.max_words or self.min_mean_word_length > self.max_mean_word_length:
+            raise ScratchLMError("min_words / min_mean_word_length must not exceed their max_ counterparts")
 
 
 def gopher_quality_failures(text: str, rules: GopherRules | None = None) -> list[str]:
@@ -76,6 +95,9 @@ class C4Rules:
     remove_citations: bool = True  # Wikipedia's [1], [edit], [citation needed]
     drop_lorem_ipsum: bool = True  # placeholder pages
     drop_curly_bracket: bool = True  # code (C4 drops the whole page on a "{")
+
+    def validate(self) -> None:
+        _non_negative(self, "min_words_per_line", "min_sentences", "max_word_length")
 
 
 _TERMINAL = (".", "!", "?", '"', "\u201d", "'")
@@ -135,6 +157,13 @@ class RepetitionRules:
     max_top_ngram_char_fraction: list[float] = field(default_factory=lambda: [0.20, 0.18, 0.16])
     # characters covered by n-grams that occur more than once, n = 5 .. 10
     max_dup_ngram_char_fraction: list[float] = field(default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10])
+
+    def validate(self) -> None:
+        _fractions(self, *(f for f in self.__dataclass_fields__ if not f.endswith("ngram_char_fraction")))
+        for name, n in (("max_top_ngram_char_fraction", 3), ("max_dup_ngram_char_fraction", 6)):
+            values = getattr(self, name)
+            if len(values) != n or not all(0 <= v <= 1 for v in values):
+                raise ScratchLMError(f"{name} must be {n} fractions in [0, 1], got {values}")
 
 
 def _dup_stats(items: list[str]) -> tuple[float, float]:

@@ -38,10 +38,10 @@ from scratchlm.data.pipeline import (
 )
 from scratchlm.data.readers import ReadOptions
 from scratchlm.data.shard_task import JSONL_OPTIONS, run_shard_task, tokenize_shard_task
-from scratchlm.data.stages import GLOBAL_STAGES
+from scratchlm.data.stages import GLOBAL_STAGES, check_local_stages
 from scratchlm.data.stats import merge_stats
 from scratchlm.errors import ScratchLMError
-from scratchlm.io import DirLock, atomic_write, read_json, write_json
+from scratchlm.io import DirLock, atomic_write, check_writable, read_json, write_json
 from scratchlm.progress import progress_bar
 from scratchlm.tokenizer.token_file import TOKENS_FORMAT
 
@@ -66,6 +66,8 @@ def run_pipeline(cfg: PipelineConfig, force: bool = False, progress: bool = True
     check_inputs_before_stages(cfg, phases, shards)
     _refuse_inputs_inside(Path(cfg.output.dir), shards)
     tok_info = _check_tokenizer(cfg.output.tokenizer) if cfg.output.tokenizer else None
+    check_local_stages([st for phase in phases for st in phase.local])  # models load (or fail) before shard 1
+    check_writable(Path(cfg.output.dir) / "pipeline.toml", "pipeline output directory")
     with DirLock(cfg.output.dir, "a data pipeline run"):
         return _run_locked(cfg, phases, shards, tok_info, force, progress, log, t0)
 
@@ -127,6 +129,7 @@ def _run_phase(cfg, phase: Phase, shards: list[Shard], upstream, plan, out_dir: 
     results: list[dict | None] = [None] * len(shards)
     tasks, task_shards = [], []
     for s, up in zip(shards, upstream):
+        # max_error_fraction is not part of it: a finished shard is the same whatever the limit was
         fp = fingerprint(phase.config(), up.fp, plan_fp, cfg.on_error, up.opts.__dict__)
         sidecar = out_dir / f"{s.name}.stats.json"
         if sidecar.is_file() and (out_dir / f"{s.name}.jsonl").is_file():
@@ -145,6 +148,7 @@ def _run_phase(cfg, phase: Phase, shards: list[Shard], upstream, plan, out_dir: 
                 "output": str(out_dir / f"{s.name}.jsonl"),
                 "fingerprint": fp,
                 "on_error": cfg.on_error,
+                "max_error_fraction": cfg.max_error_fraction,
                 "examples": cfg.examples_per_reason,
             }
         )
@@ -154,6 +158,12 @@ def _run_phase(cfg, phase: Phase, shards: list[Shard], upstream, plan, out_dir: 
         log(f"{phase.label()}: {skipped} of {len(shards)} shards already done (resumed)")
     failures = _execute(executor, run_shard_task, tasks, task_shards, results, phase.label(), progress)
     _remove_stale(out_dir, {s.name for s in shards})
+    broken = [err for _, err in failures if err.startswith("TooManyErrors: ")]
+    if broken:
+        raise ScratchLMError(
+            f"{phase.label()}: {broken[0].removeprefix('TooManyErrors: ')}: the run is stopped (fix the stage, or "
+            "raise max_error_fraction to accept the drops); finished shards are kept"
+        )
     if failures:
         lines = "; ".join(f"{name}: {err}" for name, err in failures[:3])
         raise ScratchLMError(
@@ -169,11 +179,16 @@ def _execute(executor, fn, tasks, task_shards, results, label, progress) -> list
     failures = []
     docs = 0
     t0 = time.perf_counter()
-    with progress_bar(progress, total=len(tasks), desc=label, unit="shard") as bar:
-        for i, res in executor.map(fn, tasks):
+    with (
+        progress_bar(progress, total=len(tasks), desc=label, unit="shard") as bar,
+        contextlib.closing(executor.map(fn, tasks)) as results_iter,
+    ):
+        for i, res in results_iter:
             shard = task_shards[i]
             if isinstance(res, TaskFailure):
                 failures.append((shard.name, res.error))
+                if res.error.startswith("TooManyErrors: "):
+                    break  # a broken stage: stop the run (pending shards are cancelled by closing the map)
             else:
                 results[shard.index] = res
                 docs += res.get("docs_written", 0)

@@ -15,10 +15,27 @@ from scratchlm.data.document import Document
 from scratchlm.data.readers import ReadOptions, read_documents
 from scratchlm.data.stages import GLOBAL_STAGES, build_local
 from scratchlm.data.stats import StageStats
+from scratchlm.errors import ScratchLMError
 from scratchlm.io import atomic_write, write_json
 
 JSONL_OPTIONS = ReadOptions(format="jsonl")  # how later phases read the shards earlier phases wrote
 BATCH = 64  # documents a stage sees at once (only stages with a `batch` method make use of it)
+JUDGE_AFTER = 1000  # documents a stage must have seen before its error rate can stop a shard midway
+
+
+class TooManyErrors(ScratchLMError):
+    """A stage raised on more than `max_error_fraction` of a shard's documents: a broken stage (a model that
+    fails on every input), not a few bad documents. The runner stops the run with this message."""
+
+
+def check_error_rate(name: str, st: StageStats, max_fraction: float, shard: str) -> None:
+    errors = st.drops.get(f"{name}_error", 0)
+    if errors and errors > max_fraction * st.docs_in:
+        first = (st.examples.get(f"{name}_error") or [{}])[0].get("detail", "?")
+        raise TooManyErrors(
+            f"stage {name!r} failed on {errors} of {st.docs_in} documents of shard {shard} (more than "
+            f"max_error_fraction = {max_fraction}); first error: {first}"
+        )
 
 
 def run_shard_task(task: dict[str, Any]) -> dict[str, Any]:
@@ -32,17 +49,22 @@ def run_shard_task(task: dict[str, Any]) -> dict[str, Any]:
     for name, cfg in task["local"]:
         chain.append((name, build_local(name, cfg), StageStats(name, max_examples=k)))
     raise_errors = task["on_error"] == "raise"
+    max_errors = task.get("max_error_fraction", 1.0)
     written = 0
-    with atomic_write(task["output"], "w", encoding="utf-8") as out:
+    with atomic_write(task["output"], "w", encoding="utf-8") as out:  # an error below leaves no output file
         for batch in _batches(read_documents(task["input"], read_stats, task["read"]), BATCH):
             for name, stage, st in chain:
                 if not batch:
                     break
                 batch = _apply(name, stage, st, batch, raise_errors)
+                if st.docs_in >= JUDGE_AFTER:
+                    check_error_rate(name, st, max_errors, task["shard"])
             for doc in batch:
                 out.write(doc.to_json())
                 out.write("\n")
             written += len(batch)
+        for name, _, st in chain:
+            check_error_rate(name, st, max_errors, task["shard"])
     stats = ([read_stats] if task["record_read"] else []) + [st for _, _, st in chain]
     result = {
         "shard": task["shard"],

@@ -33,6 +33,12 @@ Result = None | str | tuple[str, str]
 # ---------------------------------------------------------------------------------------------- configs
 
 
+def _fraction(name: str, value: float) -> None:
+    """A probability threshold outside [0, 1] keeps everything or nothing: refused before any work."""
+    if not 0 <= value <= 1:
+        raise ScratchLMError(f"{name} must be a probability in [0, 1], got {value}")
+
+
 @dataclass
 class ExtractConfig:
     main_content: bool = False  # Resiliparse main-content heuristics: drop navigation, headers, footers
@@ -44,6 +50,9 @@ class LanguageConfig:
     languages: list[str] = field(default_factory=lambda: ["en"])  # keep these ISO codes ([] = keep all, annotate)
     min_score: float = 0.5  # and only with at least this probability
     model: str = ""  # a fastText language-id model path ("" = the bundled lid.176.ftz)
+
+    def validate(self) -> None:
+        _fraction("min_score", self.min_score)
 
 
 @dataclass
@@ -59,6 +68,9 @@ class HarmfulConfig:
     model: str = ""  # a fastText classifier path ("" = the bundled default, see harmful.py for its limits)
     positive_label: str = ""  # the harmful label of a fastText model ("" = nsfw / toxic)
 
+    def validate(self) -> None:
+        _fraction("threshold", self.threshold)
+
 
 @dataclass
 class QualityConfig:
@@ -66,11 +78,22 @@ class QualityConfig:
     threshold: float = 0.5  # keep when P(positive_label) >= threshold
     positive_label: str = "hq"
 
+    def validate(self) -> None:
+        _fraction("threshold", self.threshold)
+
 
 @dataclass
 class LengthConfig:
     min_chars: int = 0  # drop shorter documents
     max_chars: int = 0  # drop longer documents (0 = no limit)
+
+    def validate(self) -> None:
+        if self.min_chars < 0 or self.max_chars < 0:
+            raise ScratchLMError(f"min_chars and max_chars must be >= 0, got {self.min_chars}, {self.max_chars}")
+        if self.max_chars and self.min_chars > self.max_chars:
+            raise ScratchLMError(
+                f"min_chars {self.min_chars} exceeds max_chars {self.max_chars}: every document dropped"
+            )
 
 
 @dataclass
@@ -119,13 +142,16 @@ class Extract:
 
 class Language:
     def __init__(self, cfg: LanguageConfig):
+        from scratchlm.data.fasttext_models import bundled_lid176, load_fasttext
+
         self.cfg = cfg
         self.keep = set(cfg.languages)
+        self.model = load_fasttext(cfg.model or bundled_lid176())  # at build time: a bad path fails before shard 1
 
     def __call__(self, doc: Document, stats: StageStats) -> Result:
-        from scratchlm.data.langid import identify_language
+        from scratchlm.data.fasttext_models import predict_fasttext
 
-        lang, score = identify_language(doc.text, self.cfg.model or None)
+        lang, score = predict_fasttext(self.model, doc.text) if doc.text.strip() else ("", 0.0)
         doc.meta["language"], doc.meta["language_score"] = lang, round(score, 4)
         if self.keep and lang not in self.keep:
             return "language_other", f"{lang} ({score:.2f})"
@@ -161,8 +187,19 @@ class Pii:
 
 class Harmful:
     def __init__(self, cfg: HarmfulConfig, kind: str):
+        from scratchlm.data import harmful
+
         self.cfg, self.kind = cfg, kind
         self.positive = cfg.positive_label or kind
+        # Load the model now (a wrong path or a file of another kind fails at build time, before shard 1).
+        if cfg.model:
+            from scratchlm.data.fasttext_models import load_fasttext
+
+            load_fasttext(cfg.model)
+        elif kind == "nsfw":
+            harmful.ldnoobw_model()
+        else:
+            harmful._profanity_check()
 
     def __call__(self, doc: Document, stats: StageStats) -> Result:
         from scratchlm.data.harmful import classify_nsfw, classify_toxic_speech, positive_probability
@@ -224,10 +261,16 @@ class Repetition:
 
 class Quality:
     def __init__(self, cfg: QualityConfig):
-        from scratchlm.data.quality_model import default_model_path
+        from scratchlm.data.quality_model import _load_any, default_model_path
 
         self.cfg = cfg
         self.model = cfg.model or default_model_path()  # fail at build time, not on the first document
+        labels = getattr(_load_any(self.model), "labels", None)  # a fastText model does not list its labels
+        if labels is not None and cfg.positive_label not in labels:
+            raise ScratchLMError(
+                f"positive_label {cfg.positive_label!r} is not a label of the quality model {self.model} "
+                f"(its labels: {', '.join(labels)})"
+            )
 
     def __call__(self, doc: Document, stats: StageStats) -> Result:
         from scratchlm.data.harmful import positive_probability
@@ -396,6 +439,19 @@ def is_global(name: str) -> bool:
 
 
 _built: dict[str, Callable] = {}
+
+
+def check_local_stages(stages: list[tuple[str, Any]]) -> None:
+    """Build every local stage once on the driver before the first shard: a model that cannot be loaded (a
+    wrong path, a file of another kind) is one error naming the stage, not every document dropped as
+    `<stage>_error`. Forked workers inherit the built stages."""
+    for name, cfg in stages:
+        try:
+            build_local(name, cfg)
+        except ScratchLMError as e:
+            raise ScratchLMError(f"stage {name!r}: {e}") from None
+        except Exception as e:  # a library's own error on a damaged model file
+            raise ScratchLMError(f"stage {name!r} could not be built: {type(e).__name__}: {e}") from None
 
 
 def build_local(name: str, cfg: Any) -> Callable:

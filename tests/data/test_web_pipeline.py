@@ -194,9 +194,10 @@ def test_failed_shard_is_reported_and_resumed(tmp_path, monkeypatch):
     assert [p["processed"] for p in report["phases"]] == [1, 2]
     assert len(outputs(tmp_path / "run")) == 8  # 9 documents read (4 from a, 5 from b), b1 an exact duplicate
 
-    skip = config(tmp_path, stages=[{"stage": "extract"}, {"stage": "fail_on_b", "flag": str(tmp_path / "crash2")}])
+    stages = [{"stage": "extract"}, {"stage": "fail_on_b", "flag": str(tmp_path / "crash2")}]
+    skip = config(tmp_path, stages=stages, max_error_fraction=1.0)
     (tmp_path / "crash2").touch()
-    report = run_pipeline(skip, progress=False, log=quiet)  # on_error = "skip": counted, not fatal
+    report = run_pipeline(skip, progress=False, log=quiet)  # on_error = "skip", no error limit: counted, not fatal
     assert stage(report, "fail_on_b")["drops"] == {"fail_on_b_error": 5}
 
 
@@ -291,7 +292,9 @@ class BatchFails:
 def test_batch_stage_failure_isolated_to_one_document(tmp_path, monkeypatch):
     monkeypatch.setitem(stages_mod.LOCAL_STAGES, "batchy", stages_mod.StageSpec(FailConfig, BatchFails, "test"))
     report = run_pipeline(
-        config(tmp_path, stages=[{"stage": "extract"}, {"stage": "batchy"}]), progress=False, log=quiet
+        config(tmp_path, stages=[{"stage": "extract"}, {"stage": "batchy"}], max_error_fraction=0.5),
+        progress=False,
+        log=quiet,
     )
     s = stage(report, "batchy")
     assert s["drops"] == {"batchy_error": 1} and s["docs_out"] == 8
