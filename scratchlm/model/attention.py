@@ -1,6 +1,8 @@
 """Softmax attention: multi-head, grouped-query and multi-query (n_kv_heads), optional QK-norm,
-RoPE, full-context or sliding-window, with a KV cache for generation (full, or rolling for a
-window). The inner product is the model's `attend` (`attend.py`), decided once from the config.
+RoPE (sliding-window layers may have their own base: `rope_local_theta`), full-context or
+sliding-window, with a KV cache for generation (full, or rolling for a window). The inner product is
+the model's `attend` (`attend.py`), decided once from the config; scores are scaled by
+attn_scale_dim**-0.5 when set (Gemma's query_pre_attn_scalar), else by head_dim**-0.5.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = build_norm(cfg.norm, cfg.dh, cfg.norm_eps, False, cfg.ops) if qk_norm else nn.Identity()
         self.k_norm = build_norm(cfg.norm, cfg.dh, cfg.norm_eps, False, cfg.ops) if qk_norm else nn.Identity()
         self.rotary = cfg.positions == "rope"
+        self.local_rope = window is not None and cfg.local_rope  # read ctx.rope_local instead of ctx.rope
+        self.scale = cfg.attn_scale_dim**-0.5 if cfg.attn_scale_dim else None  # None: attend's 1/sqrt(Dh)
         self.dropout = cfg.dropout_attn
         self.attend = attend
 
@@ -43,7 +47,8 @@ class CausalSelfAttention(nn.Module):
         k = self.k_norm(self.k_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2))  # (B, K, T, Dh)
         v = self.v_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
         if self.rotary:
-            q, k = apply_rotary(q, *ctx.rope), apply_rotary(k, *ctx.rope)
+            rope = ctx.rope_local if self.local_rope else ctx.rope
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         cache = ctx.layer_cache(self.layer)
         if cache is None and self.window is None and not ctx.padded:
             mask, causal = None, True  # lets SDPA / FlashAttention use their fused causal kernels
@@ -53,5 +58,5 @@ class CausalSelfAttention(nn.Module):
                 k, v, k_pos = cache.update(k, v, ctx.positions)
             mask, causal = attention_mask(ctx.positions, k_pos, self.window), False
         p = self.dropout if self.training else 0.0
-        y = self.attend(q, k, v, causal=causal, mask=mask, dropout_p=p)  # (B, H, T, Dh)
+        y = self.attend(q, k, v, causal=causal, mask=mask, dropout_p=p, scale=self.scale)  # (B, H, T, Dh)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))

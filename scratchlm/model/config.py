@@ -63,14 +63,20 @@ class ModelConfig:
     n_kv_heads: int = 0  # 0 = n_heads (multi-head); 1 = multi-query; else grouped-query
     head_dim: int = 0  # 0 = d_model // n_heads
     d_ff: int = 0  # 0 = 4 * d_model (dense) or 8/3 * d_model rounded up to a multiple of 64 (gated)
-    mlp: Literal["relu", "gelu", "gelu_tanh", "relu2", "swiglu", "geglu"] = "swiglu"
+    # GELU is exact (erf); "gelu_tanh" / "geglu_tanh" use its tanh approximation (GPT-2; Gemma's gelu_pytorch_tanh)
+    mlp: Literal["relu", "gelu", "gelu_tanh", "relu2", "swiglu", "geglu", "geglu_tanh"] = "swiglu"
     # "rmsnorm_fused": the same RMSNorm, forward + backward through scratchlm.kernels.rms_norm (Triton on CUDA)
     norm: Literal["rmsnorm", "layernorm", "rmsnorm_fused"] = "rmsnorm"
+    # pre: x + f(norm(x)); post: norm(x + f(x)); sandwich: x + norm(f(norm(x))) (Ding et al. 2021; Gemma 2/3)
     norm_placement: Literal["pre", "post", "sandwich"] = "pre"
     norm_eps: float = 1e-5
     qk_norm: bool = False  # normalise q and k per head before the dot product (same norm type)
     positions: Literal["rope", "learned", "sinusoidal", "none"] = "rope"
     rope_theta: float = 10_000.0
+    rope_local_theta: float = 0.0  # RoPE base of sliding-window (S) layers; 0 = rope_theta (Gemma 3: 1e4 S, 1e6 L)
+    attn_scale_dim: int = 0  # softmax attention scores are scaled by attn_scale_dim**-0.5; 0 = head dim (Gemma's
+    # query_pre_attn_scalar)
+    scale_embeddings: bool = False  # token embeddings * sqrt(d_model), the factor rounded to their dtype (Gemma)
     attention: Literal["softmax", "linear", "mla"] = "softmax"  # kind used by L and S layers
     layer_pattern: str = "L"  # one letter per layer, repeated: L, S or M (see LAYER_KINDS)
     window: int = 0  # sliding-window size for S layers (a token sees itself and window-1 before it)
@@ -111,7 +117,7 @@ class ModelConfig:
 
     @property
     def gated(self) -> bool:
-        return self.mlp in ("swiglu", "geglu")
+        return self.mlp in ("swiglu", "geglu", "geglu_tanh")
 
     @property
     def ff_dim(self) -> int:
@@ -123,6 +129,11 @@ class ModelConfig:
 
     def layer_kind(self, layer: int) -> str:
         return self.layer_pattern[layer % len(self.layer_pattern)]
+
+    @property
+    def local_rope(self) -> bool:
+        """Whether sliding-window layers rotate q/k with their own RoPE base (`rope_local_theta`)."""
+        return bool(self.rope_local_theta) and any(self.layer_kind(i) == "S" for i in range(self.n_layers))
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
@@ -145,6 +156,10 @@ class ModelConfig:
             bad(f"window must be >= 0, got {self.window}")
         if "S" in kinds and self.attention != "softmax":
             bad(f"sliding-window layers need attention='softmax', not {self.attention!r}")
+        if self.rope_local_theta < 0 or (self.rope_local_theta and self.positions != "rope"):
+            bad(f"rope_local_theta={self.rope_local_theta} needs positions='rope' and must be >= 0 (0 = rope_theta)")
+        if self.attn_scale_dim < 0 or (self.attn_scale_dim and self.attention != "softmax"):
+            bad(f"attn_scale_dim={self.attn_scale_dim} needs attention='softmax' and must be >= 0 (0 = head dim)")
         if self.positions == "rope" and self.dh % 2:
             bad(f"RoPE needs an even head dim, got {self.dh}")
         if self.attention == "mla":

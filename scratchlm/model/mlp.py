@@ -1,4 +1,4 @@
-"""Feed-forward blocks: dense (ReLU / GELU / squared ReLU) and gated (SwiGLU / GeGLU)."""
+"""Feed-forward blocks: dense (ReLU / GELU / squared ReLU) and gated (SwiGLU / GeGLU, with exact or tanh GELU)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ MLPS = {
     "relu2": (DenseMLP, "relu2"),
     "swiglu": (GatedMLP, "silu"),
     "geglu": (GatedMLP, "gelu"),
+    "geglu_tanh": (GatedMLP, "gelu_tanh"),  # Gemma's gelu_pytorch_tanh
 }
 
 

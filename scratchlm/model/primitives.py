@@ -77,6 +77,29 @@ class Embedding(nn.Embedding):
         return f"{self.num_embeddings} x {self.embedding_dim}"
 
 
+class ScaledEmbedding(Embedding):
+    """Embedding rows times sqrt(D) (Gemma: Vaswani et al. 2017's sqrt(d_model) on the input side only).
+
+    The factor is a non-persistent buffer, so `model.to(dtype)` rounds it as transformers' Gemma does
+    (sqrt(640) = 25.30 is 25.25 in bf16): the same bits as the reference in every dtype."""
+
+    def __init__(self, num: int, dim: int, std: float = 0.02):
+        super().__init__(num, dim, std)
+        self.register_buffer("scale", torch.full((), math.sqrt(dim)), persistent=False)  # set again by reset
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float | None = None) -> None:
+        super().reset_parameters(std)
+        if hasattr(self, "scale"):  # Embedding.__init__ calls this before the buffer exists
+            self.scale.fill_(math.sqrt(self.embedding_dim))
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return super().forward(ids) * self.scale.to(self.weight.dtype)  # (..., D)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, times sqrt({self.embedding_dim})"
+
+
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     """exp(x - max) / sum: the max shift keeps exp from overflowing. A row that is entirely -inf
     (fully masked) gives zeros rather than NaN."""

@@ -33,7 +33,7 @@ from scratchlm.model.positions import (
     SinusoidalPositions,
     build_absolute_positions,
 )
-from scratchlm.model.primitives import Embedding, Linear
+from scratchlm.model.primitives import Embedding, Linear, ScaledEmbedding
 from scratchlm.model.roles import ROLES, param_roles
 
 
@@ -54,7 +54,8 @@ class TransformerLM(nn.Module):
         self.config = cfg = config
         target = torch.get_default_device()
         with torch.device("meta"):
-            self.embed = Embedding(cfg.vocab_size, cfg.d_model, cfg.init_std)
+            embedding = ScaledEmbedding if cfg.scale_embeddings else Embedding
+            self.embed = embedding(cfg.vocab_size, cfg.d_model, cfg.init_std)
             self.pos_embed = build_absolute_positions(cfg.positions, cfg.context_length, cfg.d_model, cfg.init_std)
             self.attend = build_attend(cfg)
             # Keyed by layer index, so pipeline stages that keep some blocks keep their parameter names.
@@ -64,6 +65,8 @@ class TransformerLM(nn.Module):
             )
             self.head = Linear(cfg.d_model, cfg.vocab_size, bias=False, std=cfg.init_std)
             self.rope = RotaryEmbedding(self.rope_dim, cfg.rope_theta) if self.rope_dim else None
+            # sliding-window layers with a RoPE base of their own (Gemma 3): a second table per step
+            self.rope_local = RotaryEmbedding(self.rope_dim, cfg.rope_local_theta) if cfg.local_rope else None
         self._tie()
         if target.type != "meta":
             self.to_empty(device=target)
@@ -164,7 +167,8 @@ class TransformerLM(nn.Module):
         if positions is None:
             positions = cache.positions(T) if cache is not None else torch.arange(T, device=input_ids.device)[None]
         rope = self.rope.tables(positions.clamp_min(0)) if self.rope is not None else None
-        return StepContext(positions, padded, rope, cache)
+        rope_local = self.rope_local.tables(positions.clamp_min(0)) if self.rope_local is not None else None
+        return StepContext(positions, padded, rope, cache, rope_local)
 
     def hidden(self, input_ids: Tensor, cache: ModelCache | None = None, positions: Tensor | None = None) -> Tensor:
         """input_ids (B, T) -> the final hidden states (B, T, D), after the final norm: what the head reads."""
@@ -190,7 +194,7 @@ class TransformerLM(nn.Module):
 
     @classmethod
     def from_hf(cls, path, dtype: torch.dtype = torch.float32) -> TransformerLM:
-        """Load a Hugging Face gpt2 / llama / mistral / qwen2 checkpoint directory (see `hf.py`)."""
+        """Load a Hugging Face gpt2 / llama / mistral / qwen2 / gemma3_text checkpoint directory (see `hf.py`)."""
         from scratchlm.model.hf import load_hf
 
         return load_hf(path, dtype)
