@@ -131,6 +131,7 @@ def native_dict(tok) -> dict:
         "hash": tok.hash,
         "vocab": {str(i): token_to_str(tok.vocab[i]) for i in sorted(tok.vocab)},
         "merges": [[token_to_str(a), token_to_str(b)] for a, b in tok.merges],
+        "missing_bytes": tok.missing_bytes,
     }
 
 
@@ -149,7 +150,7 @@ def read_native(path: Path):
     try:
         vocab = {int(i): str_to_token(s, str(path)) for i, s in data["vocab"].items()}
         merges = [(str_to_token(a, str(path)), str_to_token(b, str(path))) for a, b in data["merges"]]
-        tok = Tokenizer(vocab, merges, data["special_tokens"], data["pattern"])
+        tok = Tokenizer(vocab, merges, data["special_tokens"], data["pattern"], data.get("missing_bytes", "error"))
     except (KeyError, ValueError, TypeError) as e:
         raise ScratchLMError(f"{path} is a damaged scratchlm tokenizer file ({type(e).__name__}: {e})") from None
     if data.get("hash") not in (None, tok.hash):

@@ -58,18 +58,22 @@ _CACHE_LIMIT = 1 << 20  # distinct pre-tokens remembered before the cache is cle
 
 
 class _PretokenCache(dict):
-    """pre-token str -> tuple of ids; computes missing entries with the BPE merge rules."""
+    """pre-token str -> tuple of ids; computes missing entries with the BPE merge rules.
+    `drop`: bytes the vocabulary has no token for, removed before merging (`missing_bytes="drop"`)."""
 
-    def __init__(self, bpe):
+    def __init__(self, bpe, drop: bytes = b""):
         super().__init__()
         self._bpe = bpe
+        self._drop = drop
 
     def __missing__(self, piece: str) -> tuple[int, ...]:
         try:
             data = piece.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates are not Unicode text: U+FFFD, as tiktoken does
             data = piece.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
-        ids = self._bpe(data)
+        if self._drop:
+            data = data.translate(None, self._drop)
+        ids = self._bpe(data) if data else ()
         self[piece] = ids
         return ids
 
@@ -79,6 +83,9 @@ class Tokenizer:
 
     vocab: id -> token bytes. merges: (bytes, bytes) pairs in the order they were learned.
     special_tokens: strings never split or merged; those missing from `vocab` get new ids.
+    missing_bytes: "error" (default) = every byte value must have a single-byte token; "drop" = a
+        byte without one is skipped when encoding (some pretrained vocabularies, e.g. SmolLM2's, lack
+        a few control bytes; Hugging Face tokenizers and llama.cpp skip them the same way).
     """
 
     def __init__(
@@ -87,7 +94,11 @@ class Tokenizer:
         merges: list[tuple[bytes, bytes]],
         special_tokens: Iterable[str] | None = None,
         pattern: str = GPT2_PATTERN,
+        missing_bytes: str = "error",
     ):
+        if missing_bytes not in ("error", "drop"):
+            raise ScratchLMError(f"missing_bytes must be 'error' or 'drop', got {missing_bytes!r}")
+        self.missing_bytes = missing_bytes
         self.vocab: dict[int, bytes] = dict(vocab)
         self.merges = list(merges)
         self.pattern = pattern
@@ -106,9 +117,10 @@ class Tokenizer:
                 next_id += 1
             self.special_ids[s] = self._id_of[b]
         missing = [i for i in range(256) if bytes([i]) not in self._id_of]
-        if missing:
+        if missing and missing_bytes == "error":
             raise ScratchLMError(f"vocabulary lacks single-byte tokens (e.g. byte {missing[0]}): not a byte-level BPE")
-        self._byte_ids = [self._id_of[bytes([i])] for i in range(256)]
+        self._missing = bytes(missing)
+        self._byte_ids = [self._id_of.get(bytes([i]), 0) for i in range(256)]  # missing ones are never looked up
         # (id_a, id_b) -> (rank, merged id)
         self._ranks: dict[tuple[int, int], tuple[int, int]] = {}
         for rank, (a, b) in enumerate(self.merges):
@@ -126,7 +138,7 @@ class Tokenizer:
         self._pat = compile_pattern(pattern)
         self._splitter = special_splitter(self.special_tokens)
         self._max_special = max((len(s) for s in self.special_tokens), default=1)
-        self._cache = _PretokenCache(self._bpe)
+        self._cache = _PretokenCache(self._bpe, self._missing)
         # The C scanner knows only the GPT-2 pattern; any other pattern goes through `regex`.
         fused = encode_pretokens is not None and pattern == GPT2_PATTERN
         self._classes: bytes | None = unicode_classes() if fused else None
@@ -170,6 +182,8 @@ class Tokenizer:
                 "vocab": [[i, self.vocab[i].hex()] for i in sorted(self.vocab)],
                 "merges": [[a.hex(), b.hex()] for a, b in self.merges],
             }
+            if self.missing_bytes != "error":  # keeps the hash of every earlier tokenizer
+                payload["missing_bytes"] = self.missing_bytes
             h.update(json.dumps(payload, separators=(",", ":")).encode())
             self._hash = h.hexdigest()
         return self._hash
@@ -207,10 +221,12 @@ class Tokenizer:
             "merges": self.merges,
             "special_tokens": self.special_tokens,
             "pattern": self.pattern,
+            "missing_bytes": self.missing_bytes,
         }
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["vocab"], state["merges"], state["special_tokens"], state["pattern"])
+        missing = state.get("missing_bytes", "error")
+        self.__init__(state["vocab"], state["merges"], state["special_tokens"], state["pattern"], missing)
 
     def _bpe_python(self, piece: bytes) -> tuple[int, ...]:
         """Apply merges to one pre-token: repeatedly merge the adjacent pair of lowest rank."""
