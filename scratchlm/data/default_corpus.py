@@ -243,7 +243,9 @@ def _index_download(tmp: Path, progress: bool) -> Path:
     for href in re.findall(r'href="([^"]+)"', page):
         if urllib.parse.urlparse(href).path.rsplit("/", 1)[-1] == SDIST_NAME:
             url = urllib.parse.urljoin(page_url, href.split("#", 1)[0].replace("&amp;", "&"))
-            return fetch(url, tmp / "index" / SDIST_NAME, progress=progress)
+            listed = re.search(r"#sha256=([0-9a-fA-F]{64})", href)  # the index's own hash, checked while fetching
+            sha = listed.group(1) if listed else SDIST_SHA256
+            return fetch(url, tmp / "index" / SDIST_NAME, progress=progress, sha256=sha)
     raise ScratchLMError(f"{page_url} does not list {SDIST_NAME}")
 
 

@@ -7,8 +7,15 @@ Each file streams in 1 MiB blocks to `<remote name>.part` next to the output, wi
 An interrupted download resumes from the `.part` file with an HTTP Range request when the server
 honours it (206); otherwise it starts again. Gzip files are decompressed while they stream, into a
 temp file that is renamed to the final `.txt` only when the whole archive has arrived and checked
-out; the `.part` (compressed bytes) is kept until then so a resume can replay it. A final file
-that already exists is skipped unless `force`.
+out; the `.part` (compressed bytes) is kept until then so a resume can replay it.
+
+Nothing reaches its final name unchecked: the first bytes must look like what the file name promises
+(gzip magic for `.gz`, `WARC/` for `.warc`, text that is not an HTML page for `.txt`/`.jsonl`), so a
+proxy's or hub's HTML error page served with status 200 is an error naming the URL, and the `.part`
+is deleted; the byte count must match the server's Content-Length, and the size and sha256 recorded
+in the registry where they are known. A final file that already exists is skipped unless `force`,
+after the same check of its first bytes (and size): a bad file left by an older version is fetched
+again instead of being skipped forever.
 
 Mirrors: `--url-base URL`, or `SCRATCHLM_<NAME>_URL_BASE` (e.g. `SCRATCHLM_OWT_URL_BASE`), replaces
 the directory part of every URL of a dataset; `HF_ENDPOINT` replaces `https://huggingface.co`.
@@ -18,6 +25,7 @@ the directory part of every URL of a dataset; `HF_ENDPOINT` replaces `https://hu
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -34,7 +42,7 @@ from typing import IO
 
 from scratchlm import __version__
 from scratchlm.errors import ScratchLMError
-from scratchlm.io import atomic_write
+from scratchlm.io import atomic_write, check_writable
 from scratchlm.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -62,6 +70,8 @@ class RemoteFile:
     remote: str  # file name under the dataset's base URL
     out: str  # file name written in the output directory
     gzip: bool = False  # decompress while downloading
+    size: int | None = None  # bytes of the remote file, where known: a different count is an error
+    sha256: str | None = None  # hex sha256 of the remote file, where known: checked before the final rename
 
 
 @dataclass(frozen=True)
@@ -134,7 +144,10 @@ def download_dataset(
     paths = []
     for s, f in ds.files.items():
         if split in ("all", s):
-            paths.append(fetch(f"{base}/{f.remote}", out / f.out, gunzip=f.gzip, force=force, progress=progress))
+            url = f"{base}/{f.remote}"
+            paths.append(
+                fetch(url, out / f.out, gunzip=f.gzip, force=force, progress=progress, size=f.size, sha256=f.sha256)
+            )
     return paths
 
 
@@ -149,23 +162,39 @@ def fetch(
     force: bool = False,
     progress: bool = True,
     timeout: float = TIMEOUT,
+    size: int | None = None,
+    sha256: str | None = None,
 ) -> Path:
-    """Download `url` to `dest` (decompressing gzip if `gunzip`): resumable, atomic, skipped if `dest` exists."""
+    """Download `url` to `dest` (decompressing gzip if `gunzip`): resumable, atomic, checked (see the module
+    docstring; `size` and `sha256` of the remote bytes where known), skipped if a good `dest` exists."""
     dest = Path(dest)
-    if dest.exists() and not force:
-        log.info("%s exists, skipping (force to download again)", dest)
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     remote_name = Path(urllib.parse.urlparse(url).path).name or dest.name
+    kind = content_kind(remote_name)
+    if dest.exists() and not force:
+        problem = existing_file_problem(dest, content_kind(dest.name), None if gunzip else size)
+        if problem is None:
+            log.info("%s exists, skipping (force to download again)", dest)
+            return dest
+        log.warning("%s exists but %s: downloading it again", dest, problem)
+        force = True
+    check_writable(dest, "download")
     part = dest.with_name(f"{remote_name}.part")
     if force:
         part.unlink(missing_ok=True)
     offset = part.stat().st_size if part.exists() else 0
+    sha = hashlib.sha256() if sha256 else None
 
     try:
         with _open(url, offset, timeout) as (stream, start, total):
             if start != offset:  # the server ignored our Range: start again
                 log.info("%s: server does not resume, starting over", url)
+            if size is not None and total is not None and total != size:
+                raise _BadContent(f"{url} is {total:,} bytes, expected {size:,}: not the expected file")
+            if start:  # a resume: the part's own first bytes are checked (and hashed) before more are added
+                with open(part, "rb") as old:
+                    _check_head(url, kind, old.read(HEAD), "")
+                if sha is not None:
+                    sha = _hash_prefix(part, start)
             out_ctx = atomic_write(dest, "wb") if gunzip else contextlib.nullcontext()
             with out_ctx as out, _open_part(part, start) as raw:
                 gz = _Gunzip(url) if gunzip else None
@@ -184,6 +213,10 @@ def fetch(
                 ) as bar:
                     got = start
                     while block := stream.read(BLOCK):
+                        if got == 0:  # the first bytes decide whether this is the file at all
+                            _check_head(url, kind, block[:HEAD], _content_type(stream))
+                        if sha is not None:
+                            sha.update(block)
                         raw.write(block)
                         if gz is not None:
                             out.write(gz.feed(block))
@@ -191,12 +224,24 @@ def fetch(
                         bar.update(len(block))
                 raw.flush()
                 os.fsync(raw.fileno())
-                if total is not None and got != total:
+                if got == 0:
+                    raise _BadContent(f"{url} sent no data")
+                expected = total if total is not None else size
+                if expected is not None and got < expected:
                     raise ScratchLMError(
-                        f"download of {url} stopped at {got:,} of {total:,} bytes; run again to resume from {part}"
+                        f"download of {url} stopped at {got:,} of {expected:,} bytes; run again to resume from {part}"
+                    )
+                if size is not None and got != size:
+                    raise _BadContent(f"{url} sent {got:,} bytes, expected {size:,}: not the expected file")
+                if sha is not None and sha.hexdigest() != sha256.lower():
+                    raise _BadContent(
+                        f"{url} has sha256 {sha.hexdigest()}, expected {sha256.lower()}: a corrupt or different file"
                     )
                 if gz is not None:
                     gz.finish()
+    except _BadContent as e:
+        part.unlink(missing_ok=True)  # wrong bytes: a resume would build on them
+        raise ScratchLMError(f"{e}; nothing was saved") from None
     except _CorruptGzip as e:
         part.unlink(missing_ok=True)  # bad bytes: a resume would replay them
         raise ScratchLMError(str(e)) from None
@@ -276,6 +321,81 @@ def _open(url: str, offset: int, timeout: float) -> Iterator[tuple[IO[bytes], in
         yield resp, 0, length
 
 
+HEAD = 512  # bytes sniffed at the start of a download
+
+# what a gateway, proxy or hub serves instead of the file (with status 200 or after a redirect)
+_MARKUP = (b"<!doctype", b"<html", b"<head", b"<body", b"<?xml", b"<title")
+
+
+def content_kind(name: str) -> str | None:
+    """What a file named `name` must start like: "gzip", "warc", "text", or None (no check)."""
+    name = name.lower()
+    if name.endswith((".gz", ".tgz")):
+        return "gzip"
+    if name.endswith(".warc"):
+        return "warc"
+    if name.endswith((".txt", ".jsonl", ".json", ".csv", ".tsv", ".md")):
+        return "text"
+    return None
+
+
+def content_problem(head: bytes, kind: str | None, content_type: str = "") -> str | None:
+    """Why the first bytes `head` of a file are not of `kind`, or None if they look right."""
+    if kind is None:
+        return None
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    served = f" (served as {content_type})" if content_type else ""
+    if start.startswith(_MARKUP):
+        return f"it is an HTML/XML page{served}, starting {head[:60]!r}"
+    if kind == "gzip" and not head.startswith(b"\x1f\x8b"):
+        return f"it is not valid gzip data{served}: it starts {head[:20]!r}, not the magic bytes 1f 8b"
+    if kind == "warc" and not head.startswith(b"WARC/"):
+        return f"it is not a WARC file{served}: it starts {head[:20]!r}, not 'WARC/'"
+    if kind == "text" and b"\x00" in head:
+        return f"it is binary data{served}, not text"
+    return None
+
+
+def existing_file_problem(path: Path, kind: str | None, size: int | None) -> str | None:
+    """Why an existing download at `path` is not a finished good one (None if it looks right)."""
+    if not path.is_file():
+        return "is not a file"
+    n = path.stat().st_size
+    if n == 0:
+        return "is empty"
+    if size is not None and n != size:
+        return f"has {n:,} bytes, not {size:,}"
+    with open(path, "rb") as f:
+        return content_problem(f.read(HEAD), kind)
+
+
+_WHAT = {"gzip": "gzip file", "warc": "WARC file", "text": "text file"}
+
+
+class _BadContent(Exception):
+    pass
+
+
+def _check_head(url: str, kind: str | None, head: bytes, content_type: str) -> None:
+    problem = content_problem(head, kind, content_type)
+    if problem is not None:
+        raise _BadContent(f"{url} did not serve the expected {_WHAT[kind]}: {problem}")
+
+
+def _content_type(stream) -> str:
+    headers = getattr(stream, "headers", None)
+    return (headers.get("Content-Type", "") if headers is not None else "") or ""
+
+
+def _hash_prefix(path: Path, n: int):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while n > 0 and (block := f.read(min(BLOCK, n))):
+            h.update(block)
+            n -= len(block)
+    return h
+
+
 class _Empty:
     def read(self, n: int = -1) -> bytes:
         return b""
@@ -332,6 +452,8 @@ def _network_error(url: str, e: BaseException, part: Path | None) -> ScratchLMEr
     keep = f"; the partial download {part} is kept, run again to resume" if part is not None and part.exists() else ""
     if isinstance(e, urllib.error.HTTPError):
         return ScratchLMError(f"could not download {url}: HTTP {e.code} {e.reason}{keep}")
+    if isinstance(e, (HTTPException, ConnectionError)):  # after connecting: the transfer broke off
+        return ScratchLMError(f"could not download {url}: the connection broke off ({type(e).__name__}){keep}")
     reason = e.reason if isinstance(e, urllib.error.URLError) else e
     if isinstance(reason, TimeoutError):
         reason = "timed out"
