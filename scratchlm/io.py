@@ -157,9 +157,12 @@ class DirLock:
         self.release()
 
 
-def check_writable(path: str | os.PathLike, what: str = "output") -> None:
+def check_writable(path: str | os.PathLike, what: str = "output", file: bool = False) -> None:
     """Error now, before any expensive work, if `path` (a file or directory to be written) cannot be created
-    there: its parent is a file, read-only, or otherwise refuses a new file."""
+    there: its parent is a file, read-only, or otherwise refuses a new file; with `file`, also if `path` is
+    an existing directory."""
+    if file and Path(path).is_dir():
+        raise ScratchLMError(f"cannot write the {what} {path}: it is a directory")
     parent = Path(path).absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

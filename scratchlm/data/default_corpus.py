@@ -49,7 +49,7 @@ from pathlib import Path
 
 from scratchlm.data.download import fetch, read_url, scratchlm_home
 from scratchlm.errors import ScratchLMError
-from scratchlm.io import atomic_dir, check_input_file, read_json, write_json
+from scratchlm.io import atomic_dir, check_input_file, check_writable, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ def ensure_default_corpus(
     want = (expected_sha256 or (os.environ.get(SHA256_ENV) if local else None) or SDIST_SHA256).lower()
     if not force and _is_current(corpus, want):
         return corpus
+    check_writable(root, "default corpus directory")  # before the download and the build
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="scratchlm-sdist-") as tmp:

@@ -120,6 +120,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         study.train_set["model.vocab_size"] = args.vocab
     if args.print_config:
         return _print_config(study)
+    if args.spec_out:
+        from scratchlm.io import check_writable
+
+        check_writable(args.spec_out, "sweep spec", file=True)
     rows = plan_study(study)
     print(format_plan(rows))
     if args.spec_out:
@@ -164,11 +168,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
     import dataclasses
 
     from scratchlm.config import load_config
+    from scratchlm.io import check_writable
     from scratchlm.model.config import ModelConfig
     from scratchlm.scaling.fit import fit_runs, write_fit
     from scratchlm.scaling.runs import load_runs
     from scratchlm.scaling.shapes import ShapeRule
 
+    check_writable(args.out / "fit.json", "fit output directory")  # before the fit and its bootstrap
     runs = load_runs(args.runs, _columns(args.columns), args.drop_highest_loss)
     result = fit_runs(runs, args.approach, args.bootstrap, args.seed, args.bins, args.tol, args.allow_extrapolation)
     base = load_config(ModelConfig, "model", args.model_preset) if args.model_preset else ModelConfig()

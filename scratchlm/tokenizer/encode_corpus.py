@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.io import atomic_write, check_input_file, write_json
+from scratchlm.io import atomic_write, check_input_file, check_writable, write_json
 from scratchlm.progress import progress_bar
 from scratchlm.tokenizer.chunks import ChunkStats, decode_utf8, iter_byte_chunks, work_chunk_bytes
 from scratchlm.tokenizer.token_file import TOKENS_FORMAT, TOKENS_VERSION, sidecar_path, token_dtype
@@ -58,6 +58,7 @@ def encode_file(
         raise ScratchLMError(f"{output_path} already exists (pass --force / overwrite=True to replace it)")
     if output_path.resolve() == input_path.resolve():
         raise ScratchLMError("the output token file must not be the input corpus")
+    check_writable(output_path, "token file", file=True)
     dtype = token_dtype(tok.vocab_size)
     workers = num_workers or default_workers()
     sep, sep_id = tok.end_of_text, tok.end_of_text_id

@@ -30,7 +30,7 @@ from scratchlm.config import to_dict, to_toml
 from scratchlm.distributed.mesh import destroy_distributed, init_distributed
 from scratchlm.distributed.parallelize import parallelize
 from scratchlm.errors import ScratchLMError
-from scratchlm.io import DirLock, atomic_write, write_json
+from scratchlm.io import DirLock, atomic_write, check_writable, write_json
 from scratchlm.model import TransformerLM
 from scratchlm.model.accounting import flops_per_token
 from scratchlm.tokenizer import load_tokenizer
@@ -94,6 +94,8 @@ class Trainer:
         self.cfg, self.progress = cfg, progress
         self.mesh = mesh = init_distributed(cfg)
         self.metrics = None
+        if mesh.main:  # a read-only or impossible run directory: say so before loading data or building the model
+            check_writable(Path(cfg.out_dir) / "config.toml", "run directory")
         # One writer per run directory: a second `scratchlm train` on the same out_dir stops here.
         self.lock = DirLock(cfg.out_dir, "a training run").acquire() if mesh.main else None
         try:
