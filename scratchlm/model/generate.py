@@ -11,7 +11,7 @@ is tested against.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -142,6 +142,17 @@ def generate(
     ids = ids.to(device=device, dtype=torch.long)
     B, T = ids.shape
     _check_args(model, T, max_new_tokens, temperature, top_k, top_p, max_len)
+    steps = _decode(model, ids, positions, max_new_tokens, temperature, top_k, top_p, stop_tokens, seed, use_cache)
+    out = torch.cat([ids, *(nxt[:, None] for nxt in steps)], dim=1)  # (B, T + n)
+    if ragged:
+        return [_trim(out[b, T - len(p) :].tolist(), len(p), set(stop_tokens)) for b, p in enumerate(prompt_ids)]
+    return out[0].tolist() if as_list else out
+
+
+def _decode(model, ids, positions, max_new_tokens, temperature, top_k, top_p, stop_tokens, seed, use_cache):
+    """Yield the (B,) next tokens, step by step, with the model in eval mode and no autograd."""
+    device = ids.device
+    B, T = ids.shape
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()
@@ -154,29 +165,51 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        cache = model.new_cache(B, T + max_new_tokens) if use_cache else None
-        out = ids
-        logits = model(ids, cache=cache, positions=positions)  # (B, T, V)
+        with torch.no_grad():
+            cache = model.new_cache(B, T + max_new_tokens) if use_cache else None
+            out = ids
+            logits = model(ids, cache=cache, positions=positions)  # (B, T, V)
         for step in range(max_new_tokens):
-            nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B,)
-            nxt = torch.where(finished, fill, nxt)
-            out = torch.cat([out, nxt[:, None]], dim=1)  # (B, T + step + 1)
-            newly = ~finished & torch.isin(nxt, stops)
-            fill = torch.where(newly, nxt, fill)
-            finished |= newly
+            with torch.no_grad():
+                nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B,)
+                nxt = torch.where(finished, fill, nxt)
+                newly = ~finished & torch.isin(nxt, stops)
+                fill = torch.where(newly, nxt, fill)
+                finished |= newly
+            yield nxt
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
-            if use_cache:
-                logits = model(nxt[:, None], cache=cache)  # each row continues at its own next position
-            else:
-                if positions is not None:
-                    positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
-                logits = model(out, positions=positions)
+            with torch.no_grad():
+                if use_cache:
+                    logits = model(nxt[:, None], cache=cache)  # each row continues at its own next position
+                else:
+                    out = torch.cat([out, nxt[:, None]], dim=1)
+                    if positions is not None:
+                        positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+                    logits = model(out, positions=positions)
     finally:
         model.train(was_training)
-    if ragged:
-        return [_trim(out[b, T - len(p) :].tolist(), len(p), set(stop_tokens)) for b, p in enumerate(prompt_ids)]
-    return out[0].tolist() if as_list else out
+
+
+def stream(
+    model,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_tokens: Sequence[int] = (),
+    seed: int | None = None,
+    max_len: int | None = None,
+) -> Iterator[int]:
+    """The new tokens of one prompt as they are sampled (the same tokens as `generate`, which this
+    shares its loop with), ending after a stop token (included) or `max_new_tokens`."""
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=next(model.parameters()).device)
+    if ids.shape[1] < 1:
+        raise InvalidArgument("the prompt must hold at least one token")
+    _check_args(model, ids.shape[1], max_new_tokens, temperature, top_k, top_p, max_len)
+    for nxt in _decode(model, ids, None, max_new_tokens, temperature, top_k, top_p, stop_tokens, seed, True):
+        yield int(nxt[0])
 
 
 def _trim(row: list[int], prompt_len: int, stops: set[int]) -> list[int]:
