@@ -1,8 +1,8 @@
-"""Hugging Face interop: load GPT-2 / Llama / Mistral / Qwen2 checkpoints into a TransformerLM and
-save a TransformerLM in a form `transformers.AutoModelForCausalLM.from_pretrained` reads.
+"""Hugging Face interop: load GPT-2 / Llama / Mistral / Qwen2 / Gemma 3 (text) checkpoints into a
+TransformerLM and save a TransformerLM in a form `transformers.AutoModelForCausalLM.from_pretrained` reads.
 
     model = load_hf("path/to/hf_model")          # config.json + model.safetensors (or sharded)
-    save_hf(model, "out_dir")                    # picks gpt2 / llama / mistral / qwen2
+    save_hf(model, "out_dir")                    # picks gpt2 / llama / mistral / qwen2 / gemma3_text
 
 Needs only `safetensors` (not `transformers`). Both directions are name maps plus three layout
 facts: GPT-2's Conv1D stores weights as (in, out), so they are transposed; GPT-2's c_attn is q, k
@@ -14,6 +14,22 @@ layouts: transformers 5.x keeps `rope_theta` inside `rope_parameters`, 4.x at th
 A bias that one side has and the other lacks is zero: loading a Llama with attention_bias (q, k, v,
 o biases) gives scratchlm's `bias=True` model with zero MLP/norm biases; saving a bias-free model as
 GPT-2 or Qwen2 writes zero biases. Saving refuses a non-zero bias the target format cannot hold.
+
+Gemma 3 (model_type gemma3_text; "gemma3", the GGUF name, is an alias, and a multimodal config's
+`text_config` is read) is the Llama layout plus switches of ModelConfig: norm_placement="sandwich"
+(Gemma's input/post_attention/pre_feedforward/post_feedforward norms are exactly x + norm(f(norm(x)))),
+qk_norm, mlp="geglu_tanh" (gelu_pytorch_tanh), scale_embeddings (x sqrt(D), rounded to the embedding
+dtype as Gemma does), attn_scale_dim (query_pre_attn_scalar), rope_local_theta (the sliding layers'
+RoPE base; 5.x nests both bases in `rope_parameters` per layer type, 4.x writes rope_theta and
+rope_local_base_freq: both are read, both written). The sliding window means the same on both sides:
+a token sees itself and window-1 tokens before it (transformers' kv_idx > q_idx - sliding_window).
+Gemma's RMSNorm multiplies by (1 + w) in fp32; scratchlm's by w. The +1 is folded into the weights
+(w + 1 on import, w - 1 on export, both in fp32) rather than added as a norm switch: the model code,
+every norm backend (own, torch, the fused Triton kernel) and the parallel plans stay as they are, and
+in fp32 the result is bit-for-bit Gemma's (1 + w.float() is the same fp32 sum). The price: a model
+cast to bf16 holds the gain 1 + w rounded to bf16 where Gemma rounds w, a relative error <= 2^-9 on
+the gain, the size of the rounding Gemma applies to the norm's output anyway. Soft-capping (None in
+Gemma 3), bidirectional attention, attention biases and RoPE scaling are refused.
 """
 
 from __future__ import annotations
@@ -29,12 +45,15 @@ from scratchlm.io import atomic_dir, read_json, write_json
 from scratchlm.model.config import ModelConfig
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
-MODEL_TYPES = ("gpt2", *LLAMA_FAMILY)
+GEMMA3 = "gemma3_text"
+MODEL_TYPES = ("gpt2", *LLAMA_FAMILY, GEMMA3)
+ALIASES = {"gemma3": GEMMA3}  # GGUF's architecture name; a multimodal config.json's (text in `text_config`)
 ARCHITECTURES = {
     "gpt2": "GPT2LMHeadModel",
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    GEMMA3: "Gemma3ForCausalLM",
 }
 # transformers' defaults for keys a config.json may omit (they differ between model types)
 DEFAULT_CONTEXT = {"llama": 2048, "mistral": 131_072, "qwen2": 32_768}
@@ -47,8 +66,10 @@ GPT2_ACTS = {
     "relu": "relu",
     "relu2": "relu2",
 }
-GATED_ACTS = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu"}
+GATED_ACTS = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu_tanh"}
 LAYER_TYPES = {"full_attention": "L", "sliding_attention": "S"}
+# Gemma's RMSNorm scales by (1 + w): the offset folded into our gains on import, taken out on export
+NORM_OFFSET = {GEMMA3: 1.0}
 # tensors of some checkpoints that are buffers, not weights (old GPT-2 causal masks, old Llama RoPE tables)
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
 
@@ -64,9 +85,14 @@ def _rope_theta(hf: dict) -> float:
     """rope_theta from `rope_parameters` (transformers 5.x) or the top level (4.x); refuses scaling."""
     key, params = "rope_parameters", hf.get("rope_parameters")
     if params is None:
-        key, params = "rope_scaling", {**(hf.get("rope_scaling") or {}), "rope_theta": hf.get("rope_theta", 10_000.0)}
+        key, params = "rope_scaling", hf.get("rope_scaling") or {}
     if not isinstance(params, dict) or any(isinstance(v, dict) for v in params.values()):
         raise ScratchLMError(f"config.json {key}={params!r}: per-layer-type RoPE parameters are not supported")
+    return _default_rope_theta(hf, key, params, hf.get("rope_theta", 10_000.0))
+
+
+def _default_rope_theta(hf: dict, key: str, params: dict, theta: float) -> float:
+    """The base of one RoPE parameter dict (`theta` where it names none); refuses scaling and partial RoPE."""
     kind = params.get("rope_type", params.get("type", "default"))
     if kind != "default":
         raise ScratchLMError(
@@ -74,7 +100,7 @@ def _rope_theta(hf: dict) -> float:
         )
     if float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))) != 1.0:
         raise ScratchLMError("config.json partial_rotary_factor != 1: partial RoPE is not supported")
-    return float(params.get("rope_theta", hf.get("rope_theta", 10_000.0)))
+    return float(params.get("rope_theta", theta))
 
 
 def _gpt2_config(hf: dict) -> ModelConfig:
@@ -167,14 +193,118 @@ def _llama_family_config(hf: dict, model_type: str) -> ModelConfig:
     )
 
 
+def _gemma3_rope(hf: dict) -> tuple[float, float]:
+    """(global, local) RoPE bases of Gemma 3: transformers 5.x writes `rope_parameters` with one dict per
+    layer type; 4.x `rope_theta` (+ `rope_scaling`) for full attention and `rope_local_base_freq`."""
+    params = hf.get("rope_parameters")
+    if params is None:
+        full, local = ("rope_scaling", hf.get("rope_scaling") or {}), ("rope_local_base_freq", {})
+    elif isinstance(params, dict) and set(params) & set(LAYER_TYPES):
+        key = "rope_parameters."
+        full = (key + "full_attention", params.get("full_attention") or {})
+        local = (key + "sliding_attention", params.get("sliding_attention") or {})
+    else:
+        raise ScratchLMError(
+            f"config.json rope_parameters={params!r}: gemma3_text expects one dict per layer type "
+            "(full_attention, sliding_attention)"
+        )
+    return (
+        _default_rope_theta(hf, *full, hf.get("rope_theta", 1_000_000.0)),
+        _default_rope_theta(hf, *local, hf.get("rope_local_base_freq", 10_000.0)),
+    )
+
+
+def _gemma3_layers(hf: dict, n_layers: int) -> tuple[str, int]:
+    """(layer_pattern, window) from `layer_types`, or from `sliding_window_pattern` (every n-th layer global,
+    6 by default, as Gemma3TextConfig). The pattern is the shortest period that repeats to the layer types.
+    Sliding layers stay sliding even with a window >= the context: their RoPE base differs."""
+    types = hf.get("layer_types")
+    if not types:
+        every = hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6))
+        if not isinstance(every, int) or every < 1:
+            raise ScratchLMError(f"config.json sliding_window_pattern={every!r}: expected an integer >= 1")
+        types = ["sliding_attention" if (i + 1) % every else "full_attention" for i in range(n_layers)]
+    unknown = sorted(set(types) - set(LAYER_TYPES))
+    if unknown or len(types) != n_layers:
+        why = f"unknown layer type {unknown[0]!r}" if unknown else f"{len(types)} entries for {n_layers} layers"
+        raise ScratchLMError(f"config.json layer_types: {why} (expected {n_layers} of {', '.join(LAYER_TYPES)})")
+    letters = "".join(LAYER_TYPES[t] for t in types)
+    period = next(p for p in range(1, n_layers + 1) if all(c == letters[i % p] for i, c in enumerate(letters)))
+    window = hf.get("sliding_window", 4096)
+    if "S" not in letters:
+        return letters[:period], 0
+    if window is None or window < 1:
+        raise ScratchLMError(f"config.json has sliding_attention layers but sliding_window={window!r}")
+    return letters[:period], int(window)
+
+
+def _gemma3_config(hf: dict) -> ModelConfig:
+    """Gemma 3 text (Gemma3TextConfig; its defaults where config.json omits a key)."""
+    for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if hf.get(key) is not None:
+            raise ScratchLMError(f"config.json {key}={hf[key]!r}: soft-capping is not supported (Gemma 3 sets None)")
+    for key in ("use_bidirectional_attention", "attention_bias"):
+        if hf.get(key):
+            raise ScratchLMError(f"config.json {key}=true is not supported by scratchlm's gemma3_text mapping")
+    act = hf.get("hidden_activation", hf.get("hidden_act", "gelu_pytorch_tanh"))
+    if act not in GATED_ACTS:
+        raise ScratchLMError(f"config.json hidden_activation={act!r} is not supported ({', '.join(GATED_ACTS)})")
+    n_layers = _get(hf, "num_hidden_layers")
+    pattern, window = _gemma3_layers(hf, n_layers)
+    rope_theta, rope_local_theta = _gemma3_rope(hf)
+    heads = _get(hf, "num_attention_heads")
+    return ModelConfig(
+        vocab_size=_get(hf, "vocab_size"),
+        context_length=hf.get("max_position_embeddings", 131_072),
+        d_model=_get(hf, "hidden_size"),
+        n_layers=n_layers,
+        n_heads=heads,
+        n_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=hf.get("head_dim", 256),
+        d_ff=_get(hf, "intermediate_size"),
+        mlp=GATED_ACTS[act],
+        norm="rmsnorm",
+        norm_placement="sandwich",
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        qk_norm=True,
+        positions="rope",
+        rope_theta=rope_theta,
+        rope_local_theta=rope_local_theta,
+        attn_scale_dim=int(hf.get("query_pre_attn_scalar", 256)),
+        scale_embeddings=True,
+        layer_pattern=pattern,
+        window=window,
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        dropout_attn=hf.get("attention_dropout") or 0.0,
+        init_std=hf.get("initializer_range", 0.02),
+    )
+
+
+def _canonical(hf: dict) -> dict:
+    """`hf` with an alias model_type resolved; a multimodal Gemma 3 config gives its `text_config`
+    (tie_word_embeddings, which Gemma3Config keeps at the top level, carried over)."""
+    model_type = hf.get("model_type")
+    if model_type not in ALIASES:
+        return hf
+    if isinstance(hf.get("text_config"), dict):
+        tie = {"tie_word_embeddings": hf["tie_word_embeddings"]} if "tie_word_embeddings" in hf else {}
+        return {**hf["text_config"], **tie, "model_type": ALIASES[model_type]}
+    return {**hf, "model_type": ALIASES[model_type]}
+
+
 def config_from_hf(hf: dict) -> ModelConfig:
     """The ModelConfig equivalent to a Hugging Face config.json dict."""
+    hf = _canonical(hf)
     model_type = hf.get("model_type")
     if model_type not in MODEL_TYPES:
-        raise ScratchLMError(
-            f"config.json model_type={model_type!r} is not supported: expected {', '.join(MODEL_TYPES)}"
-        )
-    cfg = _gpt2_config(hf) if model_type == "gpt2" else _llama_family_config(hf, model_type)
+        expected = ", ".join([*MODEL_TYPES, *ALIASES])
+        raise ScratchLMError(f"config.json model_type={model_type!r} is not supported: expected {expected}")
+    if model_type == "gpt2":
+        cfg = _gpt2_config(hf)
+    elif model_type == GEMMA3:
+        cfg = _gemma3_config(hf)
+    else:
+        cfg = _llama_family_config(hf, model_type)
     cfg.validate()
     return cfg
 
@@ -196,12 +326,29 @@ def _gpt2_names(cfg: ModelConfig) -> list[tuple[str, str]]:
     return pairs + [("norm.weight", "ln_f.weight"), ("norm.bias", "ln_f.bias")]
 
 
+# Block norms of the Llama layout by norm placement: Llama's post_attention_layernorm is the norm before
+# the MLP; Gemma's the norm after attention (sandwich).
+LLAMA_NORMS = {
+    "pre": {"attn.norm_in": "input_layernorm", "ffn.norm_in": "post_attention_layernorm"},
+    "sandwich": {
+        "attn.norm_in": "input_layernorm",
+        "attn.norm_mid": "post_attention_layernorm",
+        "ffn.norm_in": "pre_feedforward_layernorm",
+        "ffn.norm_mid": "post_feedforward_layernorm",
+    },
+}
+
+
 def _llama_names(cfg: ModelConfig) -> list[tuple[str, str]]:
+    """Llama-family (and Gemma 3) pairs; the norms follow the config's placement and QK-norm."""
     pairs = [("embed.weight", "embed_tokens.weight")]
     for i in range(cfg.n_layers):
         b, h = f"blocks.{i}.", f"layers.{i}."
-        pairs += [(f"{b}attn.norm_in.weight", f"{h}input_layernorm.weight")]
-        pairs += [(f"{b}ffn.norm_in.weight", f"{h}post_attention_layernorm.weight")]
+        pairs += [
+            (f"{b}{ours}.weight", f"{h}{theirs}.weight") for ours, theirs in LLAMA_NORMS[cfg.norm_placement].items()
+        ]
+        if cfg.qk_norm:
+            pairs += [(f"{b}attn.f.{p}_norm.weight", f"{h}self_attn.{p}_norm.weight") for p in "qk"]
         for kind in ("weight", "bias"):
             pairs += [(f"{b}attn.f.{p}_proj.{kind}", f"{h}self_attn.{p}_proj.{kind}") for p in "qkvo"]
             pairs += [(f"{b}ffn.f.{p}.{kind}", f"{h}mlp.{p}_proj.{kind}") for p in ("gate", "up", "down")]
@@ -221,7 +368,7 @@ def _has_bias(hf_name: str, model_type: str, attention_bias: bool = False, mlp_b
         return hf_name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias"))
     if model_type == "llama":
         return attention_bias if ".self_attn." in hf_name else mlp_bias
-    return False  # mistral
+    return False  # mistral, gemma3_text
 
 
 # ---------------------------------------------------------------------------------------- load
@@ -298,9 +445,12 @@ def _read_state(cfg: ModelConfig, hf: dict, ck: _Checkpoint, wanted: dict[str, T
                 sd[f"blocks.{i}.attn.f.{p}_proj.weight"], sd[f"blocks.{i}.attn.f.{p}_proj.bias"] = wp, bp
     else:
         pairs = _llama_names(cfg)
+    offset = NORM_OFFSET.get(model_type, 0.0)
     for ours, theirs in pairs:
         if ours in wanted and (not theirs.endswith(".bias") or _has_bias(theirs, model_type, **flags)):
             t = ck.take(theirs)
+            if offset and theirs.endswith("norm.weight"):
+                t = t.float() + offset  # fp32, as Gemma's 1.0 + weight.float()
             sd[ours] = t.t() if _is_conv1d(theirs) else t
     if cfg.tie_embeddings:
         sd["head.weight"] = sd["embed.weight"]
@@ -322,17 +472,25 @@ def _read_state(cfg: ModelConfig, hf: dict, ck: _Checkpoint, wanted: dict[str, T
 
 def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     """A TransformerLM with the weights of a Hugging Face checkpoint directory (config.json +
-    model.safetensors or a sharded index) of model_type gpt2, llama, mistral or qwen2."""
+    model.safetensors or a sharded index) of model_type gpt2, llama, mistral, qwen2 or gemma3_text."""
     path = Path(path)
     if not path.is_dir():
         raise ScratchLMError(f"Hugging Face model directory not found: {path}")
     hf = read_json(path / "config.json", "Hugging Face config.json")
+    if isinstance(hf.get("text_config"), dict):
+        raise ScratchLMError(
+            f"{path} is a multimodal checkpoint (model_type={hf.get('model_type')!r} with a text_config): loading its "
+            "language model beside the vision tower is not supported; use a text-only (gemma3_text) checkpoint"
+        )
+    hf = _canonical(hf)
     return _load(hf, _Checkpoint(path, _prefix(hf)), dtype)
 
 
 def model_from_hf(hf: dict, tensors: dict[str, Tensor], source: str, dtype: torch.dtype = torch.float32):
     """A TransformerLM from a config.json dict and tensors under their Hugging Face names (as
-    `model.safetensors` would hold them), e.g. a GGUF file converted in memory. `source` names them in errors."""
+    `model.safetensors` would hold them), e.g. a GGUF file converted in memory. `source` names them in errors.
+    Norm gains are taken as Hugging Face stores them (Gemma: w of 1 + w, which this adds the 1 to)."""
+    hf = _canonical(hf)
     return _load(hf, _Checkpoint(source, _prefix(hf), tensors), dtype)
 
 
@@ -364,12 +522,22 @@ def _problems(cfg: ModelConfig, model_type: str) -> list[str]:
         why.append(f"attention={cfg.attention!r}")
     if "M" in kinds:
         why.append("state-space (M) layers")
-    if cfg.norm_placement != "pre":
-        why.append(f"norm_placement={cfg.norm_placement!r}")
     if not cfg.final_norm:
         why.append("final_norm=False")
-    if cfg.qk_norm:
-        why.append("qk_norm")
+    if model_type == GEMMA3:  # what Gemma always has
+        if cfg.norm_placement != "sandwich":
+            why.append(f"norm_placement={cfg.norm_placement!r} (needs 'sandwich')")
+        why += [f"{k}=False (needs True)" for k in ("qk_norm", "scale_embeddings") if not getattr(cfg, k)]
+        if cfg.bias or cfg.qkv_bias:
+            why.append("biases")
+    else:  # what only Gemma has
+        if cfg.norm_placement != "pre":
+            why.append(f"norm_placement={cfg.norm_placement!r}")
+        why += [k for k in ("qk_norm", "scale_embeddings") if getattr(cfg, k)]
+        if cfg.attn_scale_dim not in (0, cfg.dh):
+            why.append(f"attn_scale_dim={cfg.attn_scale_dim} (!= head_dim)")
+        if cfg.local_rope and cfg.rope_local_theta != cfg.rope_theta:
+            why.append("rope_local_theta (a RoPE base of their own for sliding-window layers)")
     if model_type == "gpt2":
         want = dict(positions="learned", norm="layernorm")
         why += [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in want.items() if getattr(cfg, k) != v]
@@ -385,7 +553,7 @@ def _problems(cfg: ModelConfig, model_type: str) -> list[str]:
     if cfg.norm not in ("rmsnorm", "rmsnorm_fused"):  # the fused kernel computes the same RMSNorm
         why.append(f"norm={cfg.norm!r} (needs 'rmsnorm')")
     if cfg.mlp not in GATED_ACTS.values():
-        why.append(f"mlp={cfg.mlp!r} (needs swiglu or geglu)")
+        why.append(f"mlp={cfg.mlp!r} (needs {', '.join(dict.fromkeys(GATED_ACTS.values()))})")
     if model_type == "llama":
         if "S" in kinds:
             why.append("sliding-window layers")
@@ -438,15 +606,36 @@ def _hf_config(cfg: ModelConfig, model_type: str, dtype: torch.dtype) -> dict:
         num_attention_heads=cfg.n_heads,
         num_key_value_heads=cfg.kv_heads,
         head_dim=cfg.dh,
-        hidden_act={"swiglu": "silu", "geglu": "gelu"}[cfg.mlp],
         max_position_embeddings=cfg.context_length,
         rms_norm_eps=cfg.norm_eps,
         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},  # transformers 5.x
         rope_theta=cfg.rope_theta,  # transformers 4.x
         attention_dropout=cfg.dropout_attn,  # (dropout_embd / dropout_resid have no Llama-family key: train-only)
     )
+    act = {v: k for k, v in reversed(GATED_ACTS.items())}[cfg.mlp]
     types = ["sliding_attention" if cfg.layer_kind(i) == "S" else "full_attention" for i in range(cfg.n_layers)]
     window = cfg.window if "sliding_attention" in types else None
+    if model_type == GEMMA3:
+        local = cfg.rope_local_theta or cfg.rope_theta
+        return dict(
+            out,
+            hidden_activation=act,
+            rope_parameters={  # transformers 5.x: one dict per layer type
+                "full_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+                "sliding_attention": {"rope_type": "default", "rope_theta": local},
+            },
+            rope_local_base_freq=local,  # transformers 4.x (with rope_theta)
+            rope_scaling=None,
+            query_pre_attn_scalar=cfg.attn_scale_dim or cfg.dh,
+            sliding_window=window,
+            layer_types=types,
+            attention_bias=False,
+            final_logit_softcapping=None,
+            attn_logit_softcapping=None,
+            use_bidirectional_attention=False,
+            pad_token_id=None,
+        )
+    out.update(hidden_act=act)
     if model_type == "llama":
         out.update(attention_bias=cfg.bias, mlp_bias=cfg.bias)
     elif model_type == "mistral":
@@ -481,9 +670,12 @@ def _hf_state(model, model_type: str) -> dict[str, Tensor]:
             out[f"{prefix}h.{i}.attn.c_attn.bias"] = torch.cat([get(f"{a}{p}_proj.bias") for p in "qkv"])
     else:
         prefix, pairs = "model.", _llama_names(cfg)
+    offset = NORM_OFFSET.get(model_type, 0.0)
     for mine, theirs in pairs:
         if not theirs.endswith(".bias") or _has_bias(theirs, model_type, cfg.bias, cfg.bias):
             t = get(mine)
+            if offset and theirs.endswith("norm.weight"):
+                t = (t.float() - offset).to(t.dtype)  # Gemma stores w of its (1 + w) gain
             out[prefix + theirs] = t.t() if _is_conv1d(theirs) else t
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = ours["head.weight"]
@@ -495,8 +687,8 @@ def _hf_state(model, model_type: str) -> dict[str, Tensor]:
 
 def save_hf(model, path: str | os.PathLike, model_type: str | None = None, overwrite: bool = False) -> str:
     """Write `model` as a Hugging Face checkpoint directory (config.json + model.safetensors),
-    atomically. `model_type`: gpt2, llama, mistral or qwen2; None picks the first that can represent
-    the config, in that order. Returns the model_type written."""
+    atomically. `model_type`: gpt2, llama, mistral, qwen2 or gemma3_text; None picks the first that can
+    represent the config, in that order. Returns the model_type written."""
     from safetensors.torch import save_file
 
     cfg: ModelConfig = model.config

@@ -152,6 +152,7 @@ def test_sliding_window_is_applied():
 NATIVE = {
     "llama-like gqa untied": (dict(n_kv_heads=2, tie_embeddings=False), "llama"),
     "geglu head_dim": (dict(mlp="geglu", head_dim=16), "llama"),
+    "geglu_tanh (gelu_pytorch_tanh)": (dict(mlp="geglu_tanh"), "llama"),
     "biases (zero norm biases)": (dict(bias=True), "llama"),
     "qkv bias": (dict(qkv_bias=True, n_kv_heads=1), "qwen2"),
     "fused rmsnorm kernel": (dict(norm="rmsnorm_fused"), "llama"),
@@ -227,7 +228,7 @@ def edit_config(path, **changes):
         (dict(model_type="bert"), r"model_type='bert' is not supported"),
         (dict(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}), r"rope_type='yarn'"),
         (dict(rope_parameters={"rope_type": "llama3", "factor": 8.0}), r"RoPE scaling is not implemented"),
-        (dict(hidden_act="gelu_pytorch_tanh"), r"hidden_act='gelu_pytorch_tanh'"),
+        (dict(hidden_act="relu"), r"hidden_act='relu' is not supported"),
         (dict(num_key_value_heads=3), r"n_kv_heads=3 must divide n_heads=4"),
         (dict(head_dim=16), r"q_proj.weight has shape \(32, 32\), config.json implies \(64, 32\)"),
     ],
