@@ -24,6 +24,7 @@ _EXPORTS = {
     # building blocks
     "Linear": "scratchlm.model.primitives",
     "Embedding": "scratchlm.model.primitives",
+    "ScaledEmbedding": "scratchlm.model.primitives",
     "RMSNorm": "scratchlm.model.norms",
     "LayerNorm": "scratchlm.model.norms",
     "RotaryEmbedding": "scratchlm.model.positions",
