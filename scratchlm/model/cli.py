@@ -159,7 +159,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_export_hf(args: argparse.Namespace) -> int:
-    from scratchlm.model.hf import save_hf_with_tokenizer
+    from scratchlm.model.hf_export import save_hf_with_tokenizer
     from scratchlm.model.model_dir import load_model
 
     model, chat = load_model(args.model)
