@@ -12,7 +12,7 @@ A native model directory (what `scratchlm model pull` writes; `save_model_dir` w
     model, chat = load_model("smollm2-135m-instruct")   # a pulled name, a model directory or a run directory
 
 `load_model` accepts: a run directory (config.toml + checkpoints: its best, else latest weights), a
-native model directory, or the name of a pretrained model in `pretrained.REGISTRY` (pulled into the
+native model directory, a GGUF file (converted in memory), or the name of a pretrained model in `pretrained.REGISTRY` (pulled into the
 cache on first use).
 """
 
@@ -138,6 +138,11 @@ def load_model(
     from scratchlm.model import pretrained
 
     path = Path(spec)
+    if path.is_file() and path.suffix == ".gguf":  # converted in memory, every time: `model pull` caches
+        from scratchlm.model.gguf import read_gguf
+
+        gg = read_gguf(path)
+        return gg.model(dtype or torch.float32).to(device), gg.chat_tokenizer()
     if path.is_dir():
         if is_model_dir(path):
             return load_model_dir(path, device, dtype)
@@ -151,6 +156,6 @@ def load_model(
     if str(spec) in pretrained.REGISTRY:
         return load_model_dir(pretrained.pull(str(spec), progress=progress), device, dtype)
     raise ScratchLMError(
-        f"model {str(spec)!r} not found: give a run directory, a model directory, or one of "
+        f"model {str(spec)!r} not found: give a run directory, a model directory, a .gguf file, or one of "
         f"{', '.join(pretrained.REGISTRY)}"
     )
