@@ -63,10 +63,6 @@ def _load(args):
 
 
 def _settings(args, model, n_prompt: int) -> dict:
-    from scratchlm.errors import ScratchLMError
-
-    if args.max_new_tokens < 1:
-        raise ScratchLMError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     cfg = model.config
     return dict(
         temperature=args.temperature,
