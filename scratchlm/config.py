@@ -334,6 +334,20 @@ def add_config_arguments(parser, stage: str) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
 
 
+def text_argument(value: str, what: str) -> str:
+    """A text given on the command line, checked to be UTF-8: Python keeps undecodable argv bytes as lone
+    surrogates ("\\udce9" for byte 0xe9), which every encoder and tokenizer downstream rejects or garbles."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        byte = ord(value[e.start]) - 0xDC00 if 0xDC80 <= ord(value[e.start]) <= 0xDCFF else None
+        at = f"byte 0x{byte:02x}" if byte is not None else f"character {value[e.start]!r}"
+        raise ScratchLMError(
+            f"{what} is not valid UTF-8 ({at} at position {e.start}): check the terminal's encoding (e.g. LANG=C.UTF-8)"
+        ) from None
+    return value
+
+
 def config_from_args(cls: type[T], stage: str, args, extra: dict[str, Any] | None = None) -> T:
     """Resolve a stage's config from `--preset`, shortcut flags (`extra`, None values ignored) and `--set`."""
     base = {k: v for k, v in (extra or {}).items() if v is not None}

@@ -121,12 +121,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    from scratchlm.config import text_argument
     from scratchlm.data import pii
     from scratchlm.data.harmful import classify_nsfw, classify_toxic_speech
     from scratchlm.data.langid import identify_language
     from scratchlm.data.quality_rules import gopher_quality_failures, repetition_failures
+    from scratchlm.io import check_input_file
 
-    text = Path(args.text[1:]).read_text(encoding="utf-8", errors="replace") if args.text.startswith("@") else args.text
+    if args.text.startswith("@"):  # a file (invalid UTF-8 in it is replaced, as the pipeline's readers do)
+        text = check_input_file(args.text[1:], "text file (@path)").read_text(encoding="utf-8", errors="replace")
+    else:
+        text = text_argument(args.text, "the text to classify")
     lang, score = identify_language(text)
     print(f"language    {lang} ({score:.3f})")
     print("nsfw        {} ({:.3f})".format(*classify_nsfw(text)))
@@ -178,6 +183,10 @@ def cmd_quality_apply(args: argparse.Namespace) -> int:
     from scratchlm.data.stats import StageStats
     from scratchlm.io import atomic_write
 
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        from scratchlm.errors import ScratchLMError
+
+        raise ScratchLMError(f"--threshold must be a probability in [0, 1], got {args.threshold}")
     kept = total = 0
     with atomic_write(args.out, "w", encoding="utf-8") as out:
         for path in args.input:

@@ -335,8 +335,17 @@ def _inputs(paths: list[Path]) -> Inputs:
     return [(str(p), _file_options(p)) for p in paths]
 
 
+def check_minhash(ngrams: int, jaccard_threshold: float) -> None:
+    if ngrams < 1:
+        raise ScratchLMError(f"ngrams must be >= 1, got {ngrams}")
+    if not 0 < jaccard_threshold <= 1:
+        raise ScratchLMError(f"jaccard_threshold must be in (0, 1], got {jaccard_threshold}")
+
+
 def _pool(workers: int | None) -> Callable:
     """A `run_map` over a local process pool of `workers` (None: one per core)."""
+    if workers is not None and workers < 0:
+        raise ScratchLMError(f"the number of workers must be >= 0 (0 = one per core), got {workers}")
     return lambda fn, args, step=None: _map(fn, args, workers)
 
 
@@ -404,6 +413,7 @@ def minhash_dedup(
     verified by true Jaccard >= `jaccard_threshold`, one document kept per connected component (the first
     in input order)."""
     check_lsh(num_hashes, num_bands)
+    check_minhash(ngrams, jaccard_threshold)
     paths, out = _check_outputs(input_paths, output_dir)
     plan = plan_minhash(_inputs(paths), _pool(workers), num_hashes, num_bands, ngrams, jaccard_threshold, seed)
     files = [_rewrite(p, out, d, {}) for p, d in zip(paths, plan.drops)]

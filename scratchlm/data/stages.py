@@ -116,11 +116,11 @@ class MinhashDedupConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        from scratchlm.data.dedup import check_minhash
         from scratchlm.data.minhash import check_lsh
 
         check_lsh(self.num_hashes, self.num_bands)
-        if not 0 < self.jaccard_threshold <= 1:
-            raise ScratchLMError(f"jaccard_threshold must be in (0, 1], got {self.jaccard_threshold}")
+        check_minhash(self.ngrams, self.jaccard_threshold)
 
 
 # ---------------------------------------------------------------------------------------------- local stages

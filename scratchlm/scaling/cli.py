@@ -12,6 +12,7 @@ numpy, scipy, torch and matplotlib are imported inside the verbs only.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from scratchlm.config import add_config_arguments
@@ -164,6 +165,25 @@ def _columns(spec: str) -> dict[str, str]:
     return out
 
 
+def _check_fit_args(args: argparse.Namespace) -> None:
+    """The numeric flags of `scaling fit`, each checked with its name before any work."""
+    from scratchlm.errors import ScratchLMError
+
+    checks = [
+        ("--drop-highest-loss", args.drop_highest_loss, args.drop_highest_loss >= 0, ">= 0"),
+        ("--bootstrap", args.bootstrap, args.bootstrap >= 0, ">= 0"),
+        ("--bins", args.bins, args.bins >= 1, ">= 1"),
+        ("--tol", args.tol, 0 <= args.tol < math.inf, ">= 0"),
+        ("--vocab", args.vocab, args.vocab is None or args.vocab >= 1, ">= 1"),
+        ("--seq-len", args.seq_len, args.seq_len is None or args.seq_len >= 1, ">= 1"),
+        ("--aspect", args.aspect, args.aspect is None or 0 < args.aspect < math.inf, "> 0"),
+    ]
+    checks += [("--predict", c, 0 < c < math.inf, "> 0 (FLOPs)") for c in args.predict]
+    for flag, value, ok, rule in checks:
+        if not ok:
+            raise ScratchLMError(f"{flag} must be {rule}, got {value}")
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -174,6 +194,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from scratchlm.scaling.runs import load_runs
     from scratchlm.scaling.shapes import ShapeRule
 
+    _check_fit_args(args)
     check_writable(args.out / "fit.json", "fit output directory")  # before the fit and its bootstrap
     runs = load_runs(args.runs, _columns(args.columns), args.drop_highest_loss)
     result = fit_runs(runs, args.approach, args.bootstrap, args.seed, args.bins, args.tol, args.allow_extrapolation)

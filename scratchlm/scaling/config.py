@@ -7,6 +7,7 @@ and `scratchlm scaling sweep`. Presets live in configs/scaling/*.toml.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,13 +33,15 @@ class StudyConfig:
         def bad(msg: str) -> None:
             raise ScratchLMError(f"invalid scaling study config: {msg}")
 
-        if any(not b > 0 for b in self.budgets):
+        if any(not 0 < b < math.inf for b in self.budgets):
             bad(f"budgets must be positive FLOP counts, got {self.budgets}")
         if self.sizes < 1:
             bad(f"sizes must be >= 1, got {self.sizes}")
         if self.spread < 1:
             bad(f"spread must be >= 1, got {self.spread}")
-        if self.parallel < 1 or self.bootstrap < 0:
-            bad("parallel must be >= 1 and bootstrap >= 0")
-        if self.shape.aspect_ratio <= 0:
-            bad(f"shape.aspect_ratio must be > 0, got {self.shape.aspect_ratio}")
+        if self.parallel < 1:
+            bad(f"parallel must be >= 1, got {self.parallel}")
+        if self.bootstrap < 0:
+            bad(f"bootstrap must be >= 0, got {self.bootstrap}")
+        if self.min_steps < 0:
+            bad(f"min_steps must be >= 0, got {self.min_steps}")

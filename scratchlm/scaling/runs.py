@@ -103,7 +103,14 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
                 return _read_rows(path / name)
         raise ScratchLMError(f"{path} holds no runs table (runs.jsonl or a sweep's results.json)")
     check_input_file(path, "runs table")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ScratchLMError(
+            f"runs table {path} is not a text file (not UTF-8: {e.reason} at byte {e.start})"
+        ) from None
+    if "\x00" in text:
+        raise ScratchLMError(f"runs table {path} is not a text file (it holds NUL bytes)")
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
@@ -248,6 +255,8 @@ def load_runs(
     benchmarks/bench_scaling_fit.py). Sweep rows with a `run_dir` get their training-loss curve
     from its metrics.jsonl when `curves_from_run_dirs`."""
     path = Path(path)
+    if drop_highest_loss < 0:
+        raise ScratchLMError(f"the number of highest-loss runs to drop must be >= 0, got {drop_highest_loss}")
     rows = _read_rows(path)
     if curves_from_run_dirs:
         for row in rows:

@@ -21,6 +21,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from scratchlm.errors import ScratchLMError
 from scratchlm.model.config import ModelConfig
 
 
@@ -29,6 +30,14 @@ class ShapeRule:
     aspect_ratio: float = 32.0  # d_model / n_layers
     max_head_dim: int = 64  # head dim for wide models; tiny ones use d_model / 4 (power of two)
     max_width: int = 32768  # largest d_model considered
+
+    def validate(self) -> None:
+        if not self.aspect_ratio > 0:
+            raise ScratchLMError(f"shape.aspect_ratio must be > 0, got {self.aspect_ratio}")
+        if self.max_head_dim < 2 or self.max_width < 16:
+            raise ScratchLMError(
+                f"shape.max_head_dim must be >= 2 and shape.max_width >= 16, got {self.max_head_dim}, {self.max_width}"
+            )
 
 
 def widths(max_width: int = 32768) -> list[int]:

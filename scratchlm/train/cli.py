@@ -36,7 +36,11 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     from scratchlm.train.sweep import load_spec, run_sweep
 
     spec = load_spec(args.spec)
-    if args.parallel:
+    if args.parallel is not None:
+        if args.parallel < 1:
+            from scratchlm.errors import ScratchLMError
+
+            raise ScratchLMError(f"--parallel must be >= 1, got {args.parallel}")
         spec.parallel = args.parallel
     rows = run_sweep(spec)
     print((spec.out_dir / "results.md").read_text())

@@ -81,26 +81,67 @@ class TrainConfig:
         return self.batch_size * self.grad_accum * self.context
 
     def validate(self) -> None:
+        """Every setting checked here, at the config boundary, with its key in the message."""
+
         def bad(msg: str) -> None:
             raise ScratchLMError(f"invalid train config: {msg}")
 
-        for name in ("steps", "batch_size", "grad_accum", "log_every"):
-            if getattr(self, name) < 1:
-                bad(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.seq_len < 0 or self.context > self.model.context_length and self.model.positions == "learned":
+        def at_least(minimum: float, *names: str) -> None:
+            for name in names:
+                value = _get(self, name)
+                if not value >= minimum:  # also catches NaN
+                    bad(f"{name} must be >= {minimum}, got {value}")
+
+        at_least(1, "steps", "batch_size", "grad_accum", "log_every", "keep_last")
+        at_least(1, "optim.muon_ns_steps", "optim.soap_precondition_frequency")
+        at_least(0, "seq_len", "eval_every", "eval_tokens", "checkpoint_every", "time_limit_s")
+        at_least(0, "optim.weight_decay", "optim.grad_clip", "optim.z_loss", "schedule.warmup_steps")
+        if self.context > self.model.context_length and self.model.positions == "learned":
             bad(f"seq_len {self.seq_len} exceeds model.context_length {self.model.context_length}")
-        if self.optim.lr <= 0 or not 0 <= self.optim.betas[0] < 1 or not 0 <= self.optim.betas[1] < 1:
-            bad("optim.lr must be > 0 and betas in [0, 1)")
-        if len(self.optim.betas) != 2:
-            bad(f"optim.betas must have two values, got {self.optim.betas}")
-        if self.schedule.warmup_steps < 0 or not 0 <= self.schedule.min_lr_ratio <= 1:
-            bad("schedule.warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
+        o = self.optim
+        if not o.lr > 0:
+            bad(f"optim.lr must be > 0, got {o.lr}")
+        if not o.muon_lr > 0:
+            bad(f"optim.muon_lr must be > 0, got {o.muon_lr}")
+        if not o.eps > 0:
+            bad(f"optim.eps must be > 0, got {o.eps}")
+        if len(o.betas) != 2:
+            bad(f"optim.betas must have two values, got {o.betas}")
+        if not all(0 <= b < 1 for b in o.betas):
+            bad(f"optim.betas must be in [0, 1), got {o.betas}")
+        if not 0 <= o.muon_momentum < 1:
+            bad(f"optim.muon_momentum must be in [0, 1), got {o.muon_momentum}")
+        if not 0 <= self.schedule.min_lr_ratio <= 1:
+            bad(f"schedule.min_lr_ratio must be in [0, 1], got {self.schedule.min_lr_ratio}")
         if not 0 < self.schedule.decay_fraction <= 1:
             bad(f"schedule.decay_fraction must be in (0, 1], got {self.schedule.decay_fraction}")
-        if self.model.fused_loss and self.optim.z_loss:
+        if self.model.fused_loss and o.z_loss:
             bad("optim.z_loss needs the logits, which model.fused_loss never builds: use one of them")
-        if self.keep_last < 1:
-            bad(f"keep_last must be >= 1, got {self.keep_last}")
         if not 0 <= self.sample_tokens < self.model.context_length:
             ctx = self.model.context_length
             bad(f"sample_tokens must be in [0, model.context_length={ctx}), got {self.sample_tokens}")
+        check_device(self.device, "device")
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def check_device(name: str, key: str) -> None:
+    """`auto`, or a device string torch reads (`cpu`, `cuda`, `cuda:1`, `mps`) of a type training can use.
+    Whether the device exists on this machine is checked when the run starts (distributed.mesh)."""
+    if name == "auto":
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ScratchLMError(f"invalid {key} {name!r}: use auto, cpu, cuda, cuda:N or mps")
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg

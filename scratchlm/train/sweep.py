@@ -68,9 +68,10 @@ def load_spec(path: str | Path) -> SweepSpec:
                 raise ScratchLMError(f"{path}: grid key {key!r} needs a non-empty list of values")
         keys = list(grid)
         points = [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
-    spec = SweepSpec(data["preset"], Path(data["out_dir"]), points, data.get("set", {}), int(data.get("parallel", 1)))
-    if spec.parallel < 1:
-        raise ScratchLMError(f"{path}: parallel must be >= 1")
+    parallel = data.get("parallel", 1)
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
+        raise ScratchLMError(f"{path}: parallel must be an integer >= 1, got {parallel!r}")
+    spec = SweepSpec(data["preset"], Path(data["out_dir"]), points, data.get("set", {}), parallel)
     _check_keys(spec)
     return spec
 
