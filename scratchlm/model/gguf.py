@@ -248,7 +248,9 @@ def hf_config_from_gguf(md: dict, has_output: bool, source) -> dict:
             raise ScratchLMError(f"{source}: partial RoPE (rope.dimension_count < head size) is not supported")
         return dict(cfg, model_type="llama", hidden_act="silu", rope_theta=float(md.get(a + "rope.freq_base", 1e4)))
     # gemma3: llama.cpp keeps only the global RoPE base; the local base, the query scale and the
-    # layer pattern are constants of the architecture (Gemma3TextConfig's defaults, llama.cpp's hparams)
+    # layer pattern are constants of the architecture (Gemma3TextConfig's defaults, llama.cpp's
+    # hparams: the 27B model, 62 layers, scales queries by (d_model / heads)^-1/2, the others by head_dim^-1/2)
+    n_layers = cfg["num_hidden_layers"]
     return dict(
         cfg,
         model_type="gemma3_text",
@@ -257,7 +259,7 @@ def hf_config_from_gguf(md: dict, has_output: bool, source) -> dict:
         rope_local_base_freq=10_000.0,
         sliding_window=int(_meta(md, a + "attention.sliding_window", source)),
         sliding_window_pattern=6,
-        query_pre_attn_scalar=head_dim,
+        query_pre_attn_scalar=d // heads if n_layers == 62 else head_dim,
         final_logit_softcapping=md.get(a + "final_logit_softcapping"),
         attn_logit_softcapping=md.get(a + "attn_logit_softcapping"),
     )

@@ -178,3 +178,32 @@ def tiny_llama(vocab: int = 256 + 3 + 60, seed: int = 0):
             if "norm" in n:
                 p.add_(0.1 * torch.randn_like(p))
     return model
+
+
+def tiny_gemma3(vocab: int = 101, seed: int = 0):
+    """A random Gemma 3 text model in the shape llama.cpp can describe (pattern 6, query scale head_dim)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=7,  # S S S S S L S
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=32,  # 4 * 32 != 64
+        query_pre_attn_scalar=32,
+        sliding_window=6,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        attn_implementation="eager",
+    )
+    model = Gemma3ForCausalLM(cfg).float()
+    with torch.no_grad():  # every weight off its init (Gemma's norms start at 0, the identity)
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model.eval()

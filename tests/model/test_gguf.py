@@ -65,6 +65,20 @@ def test_f32_file_gives_the_original_model(files, hf_llama):
     assert (cfg.n_heads, cfg.kv_heads, cfg.dh, cfg.tie_embeddings) == (4, 2, 16, True)
 
 
+def test_gemma3_f32_file_gives_the_original_model(tmp_path):
+    from gguf_fixtures import tiny_gemma3
+
+    hf = tiny_gemma3()
+    p = write_gguf(tmp_path / "gemma.gguf", hf, arch="gemma3", tokenizer=False)
+    model = read_gguf(p).model()
+    cfg = model.config
+    assert cfg.layer_pattern == "SSSSSL" and cfg.window == 6 and cfg.rope_local_theta == 10_000
+    ids = torch.randint(0, 101, (2, 30), generator=torch.Generator().manual_seed(0))  # 30 > window
+    with torch.no_grad():
+        err = (model(ids) - hf(ids).logits).abs().max().item()
+    assert err < 1e-4, err
+
+
 def test_quantized_file_matches_transformers(files, hf_from_gguf):
     model = read_gguf(files["Q4_1"]).model()
     ids = torch.randint(0, 300, (3, 17), generator=torch.Generator().manual_seed(1))
