@@ -7,9 +7,11 @@ then `os.replace`, so a crash or a Ctrl-C never leaves a half-written output beh
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,14 +31,50 @@ def _normal_mode(path: Path, is_dir: bool) -> None:
     os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
 
 
+def _temp_owner() -> str:
+    """`<host>-<pid>`: put in temp file names, so that a later run can tell a dead writer's leftovers."""
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's live process (or cannot tell: leave its file alone)
+    return True
+
+
+def sweep_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete the temp files `atomic_write` left next to `path` when its writer was killed (SIGKILL, power
+    loss): `.<name>.<host>-<pid>.<random>.tmp` of this host whose process is gone. A live writer's temp file,
+    another host's, or a name not of this form is left alone. Returns what was deleted."""
+    path = Path(path)
+    host = socket.gethostname().replace(".", "_")
+    removed = []
+    prefix = f".{path.name}."
+    if not path.parent.is_dir():
+        return removed
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        owner = p.name[len(prefix) : -len(".tmp")].rsplit(".", 1)[0]  # "<host>-<pid>"
+        h, _, pid = owner.rpartition("-")
+        if h == host and pid.isdigit() and not _pid_alive(int(pid)) and p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
-    """Open a temp file next to `path`; on success fsync and rename it over `path`."""
+    """Open a temp file next to `path` (named for its writer: see `sweep_stale_temps`); on success fsync and
+    rename it over `path`."""
     path = Path(path)
     if path.is_dir():
         raise ScratchLMError(f"cannot write {path}: it is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_temp_owner()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f

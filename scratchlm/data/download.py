@@ -42,7 +42,7 @@ from typing import IO
 
 from scratchlm import __version__
 from scratchlm.errors import ScratchLMError
-from scratchlm.io import atomic_write, check_writable
+from scratchlm.io import atomic_write, check_writable, sweep_stale_temps
 from scratchlm.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,7 @@ def fetch(
         log.warning("%s exists but %s: downloading it again", dest, problem)
         force = True
     check_writable(dest, "download")
+    sweep_stale_temps(dest)  # a decompressed temp file of a download that was killed (can be gigabytes)
     part = dest.with_name(f"{remote_name}.part")
     if force:
         part.unlink(missing_ok=True)

@@ -195,8 +195,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from scratchlm.scaling.shapes import ShapeRule
 
     _check_fit_args(args)
-    check_writable(args.out / "fit.json", "fit output directory")  # before the fit and its bootstrap
     runs = load_runs(args.runs, _columns(args.columns), args.drop_highest_loss)
+    check_writable(args.out / "fit.json", "fit output directory")  # before the fit and its bootstrap
     result = fit_runs(runs, args.approach, args.bootstrap, args.seed, args.bins, args.tol, args.allow_extrapolation)
     base = load_config(ModelConfig, "model", args.model_preset) if args.model_preset else ModelConfig()
     if args.vocab:

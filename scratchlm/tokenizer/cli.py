@@ -161,8 +161,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from scratchlm.config import text_argument
     from scratchlm.tokenizer import load_tokenizer
 
+    text_argument(args.text, "the text to show")
     tok = load_tokenizer(args.tokenizer)
     ids = tok.encode(args.text)
     pieces = [tok.vocab[i].decode("utf-8", errors="replace") for i in ids]

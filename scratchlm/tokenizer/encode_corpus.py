@@ -8,6 +8,7 @@ with its sidecar. The ids are exactly those of `Tokenizer.encode(whole_file)`.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -16,12 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.io import atomic_write, check_input_file, check_writable, write_json
+from scratchlm.io import atomic_write, check_input_file, check_writable, sweep_stale_temps, write_json
 from scratchlm.progress import progress_bar
 from scratchlm.tokenizer.chunks import ChunkStats, decode_utf8, iter_byte_chunks, work_chunk_bytes
 from scratchlm.tokenizer.token_file import TOKENS_FORMAT, TOKENS_VERSION, sidecar_path, token_dtype
 from scratchlm.tokenizer.tokenizer import Tokenizer
 from scratchlm.workers import default_workers, process_context
+
+log = logging.getLogger(__name__)
 
 _worker_tok: Tokenizer | None = None
 
@@ -59,6 +62,8 @@ def encode_file(
     if output_path.resolve() == input_path.resolve():
         raise ScratchLMError("the output token file must not be the input corpus")
     check_writable(output_path, "token file", file=True)
+    for leftover in [*sweep_stale_temps(output_path), *sweep_stale_temps(sidecar_path(output_path))]:
+        log.info("removed %s, left by an encode that was killed", leftover)
     dtype = token_dtype(tok.vocab_size)
     workers = num_workers or default_workers()
     sep, sep_id = tok.end_of_text, tok.end_of_text_id

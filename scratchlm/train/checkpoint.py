@@ -243,6 +243,9 @@ def _write_checkpoint(
     if keep_last < 1:
         raise ScratchLMError(f"keep_last must be >= 1, got {keep_last}")
     root = Path(run_dir) / "checkpoints"
+    for d in (Path(run_dir), root):
+        if d.exists() and not d.is_dir():
+            raise ScratchLMError(f"cannot save a checkpoint under {d}: it is a file, not a directory")
     name = step_dir_name(step)
     metrics = _jsonable(metrics or {})
     with atomic_dir(root / name, overwrite=True) as tmp:
@@ -324,10 +327,20 @@ def _recover_old(root: Path, old: Path) -> bool:
 
 
 def find_checkpoint(path: str | Path, which: Literal["latest", "best"] = "latest") -> Path:
-    """A step directory from itself, a run directory or its checkpoints/ directory (via `which`.json)."""
+    """A step directory from itself, a run directory or its checkpoints/ directory (via `which`.json), or from
+    a file: one of a step directory (meta.json, model.safetensors, state.pt) or a pointer (latest/best.json)."""
     path = Path(path)
     if not path.exists():
         raise ScratchLMError(f"checkpoint not found: {path}")
+    if path.is_file():
+        if path.name in (META_FILE, MODEL_FILE, STATE_FILE) and (path.parent / META_FILE).is_file():
+            return path.parent
+        if path.name in ("latest.json", "best.json"):
+            return find_checkpoint(path.parent, path.stem)
+        raise ScratchLMError(
+            f"{path} is a file, not a checkpoint: give a run directory, a step directory (checkpoints/step_N), "
+            f"or a file of one ({META_FILE}, {MODEL_FILE})"
+        )
     if (path / META_FILE).is_file():
         return path
     for root in (path / "checkpoints", path):
