@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.workers import default_workers, process_context
+from scratchlm.workers import default_workers, process_context, resolve_workers
 
 
 @dataclass
@@ -41,7 +41,7 @@ class LocalExecutor:
     """A process pool (fork where available, so stages registered at run time reach the workers)."""
 
     def __init__(self, workers: int = 0):
-        self.workers = workers or default_workers()
+        self.workers = resolve_workers(workers, "workers")
 
     def map(self, fn: Callable, args: list[Any]) -> Iterator[tuple[int, Any]]:
         if self.workers == 1 or len(args) <= 1:

@@ -22,7 +22,7 @@ from scratchlm.progress import progress_bar
 from scratchlm.tokenizer.chunks import ChunkStats, decode_utf8, iter_byte_chunks, work_chunk_bytes
 from scratchlm.tokenizer.token_file import TOKENS_FORMAT, TOKENS_VERSION, sidecar_path, token_dtype
 from scratchlm.tokenizer.tokenizer import Tokenizer
-from scratchlm.workers import default_workers, process_context
+from scratchlm.workers import process_context, resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def encode_file(
     for leftover in [*sweep_stale_temps(output_path), *sweep_stale_temps(sidecar_path(output_path))]:
         log.info("removed %s, left by an encode that was killed", leftover)
     dtype = token_dtype(tok.vocab_size)
-    workers = num_workers or default_workers()
+    workers = resolve_workers(num_workers, "workers")
     sep, sep_id = tok.end_of_text, tok.end_of_text_id
     stats = ChunkStats()
     chunk_bytes = work_chunk_bytes(input_path.stat().st_size, workers, chunk_bytes)

@@ -34,7 +34,7 @@ from scratchlm.tokenizer.pretokenize import (
     special_splitter,
     split_special,
 )
-from scratchlm.workers import default_workers, process_context
+from scratchlm.workers import process_context, resolve_workers
 
 Vocab = dict[int, bytes]
 Merges = list[tuple[bytes, bytes]]
@@ -67,7 +67,7 @@ def count_pretokens_in_file(
     """Pre-token frequencies of a whole file, streamed in chunks over `num_workers` processes."""
     path = check_input_file(path, "corpus file")
     specials = tuple(special_tokens)
-    workers = num_workers or default_workers()
+    workers = resolve_workers(num_workers, "num_workers")
     stats = ChunkStats()
     chunk_bytes = work_chunk_bytes(path.stat().st_size, workers, chunk_bytes)
     chunks = iter_byte_chunks(path, specials, chunk_bytes, stats)

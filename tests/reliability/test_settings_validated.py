@@ -192,3 +192,44 @@ def test_quality_apply_threshold_is_a_probability(tmp_path, capsys):
     assert main([*argv, "--threshold", "7"]) == 1
     assert capsys.readouterr().err == "scratchlm: error: --threshold must be a probability in [0, 1], got 7.0\n"
     assert not (tmp_path / "o").exists()
+
+
+def test_more_workers_than_cores_are_capped_not_all_started(tmp_path, monkeypatch, caplog):
+    """num_workers=100000 used to start 100,000 forked processes at once (a fork pool starts them all)."""
+    from scratchlm import workers
+    from scratchlm.tokenizer import encode_corpus
+    from scratchlm.tokenizer import train as tok_train
+
+    monkeypatch.setattr(workers, "default_workers", lambda: 2)
+    assert workers.resolve_workers(None) == workers.resolve_workers(0) == 2
+    assert workers.resolve_workers(1) == 1
+    with pytest.raises(ScratchLMError, match="workers must be >= 0"):
+        workers.resolve_workers(-1)
+    started = []
+
+    class CountingPool:  # stands in for ProcessPoolExecutor: records how many processes would start
+        def __init__(self, max_workers, **kwargs):
+            started.append(max_workers)
+            assert max_workers <= 2, f"a pool of {max_workers} processes"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, *args):
+            from concurrent.futures import Future
+
+            f = Future()
+            f.set_result(fn(*args))
+            return f
+
+    monkeypatch.setattr(tok_train, "ProcessPoolExecutor", CountingPool)
+    monkeypatch.setattr(encode_corpus, "ProcessPoolExecutor", CountingPool)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat <|endoftext|>" * 2000, encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        counts = tok_train.count_pretokens_in_file(corpus, ["<|endoftext|>"], num_workers=100_000, chunk_bytes=4096)
+    assert counts[" cat"] == 2000 and started == [2]
+    assert "num_workers=100000 is more than the 2 CPU cores this process may use: using 2" in caplog.text
