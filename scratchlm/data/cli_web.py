@@ -167,10 +167,12 @@ def cmd_quality_train(args: argparse.Namespace) -> int:
     from scratchlm.config import load_config
     from scratchlm.data.quality_model import QualityTrainConfig, train_quality_model
     from scratchlm.errors import ScratchLMError
+    from scratchlm.io import check_writable
 
     if args.out.exists() and not args.force:
         raise ScratchLMError(f"{args.out} already exists (pass --force to replace it)")
     cfg = load_config(QualityTrainConfig, overrides=args.overrides)
+    check_writable(args.out, "quality model directory")  # before training
     model = train_quality_model(args.positive, args.negative, cfg, out=args.out, overwrite=args.force)
     print(f"wrote {args.out}/ (labels {model.labels}, {model.E.shape[0]:,} buckets x {model.E.shape[1]} dims)")
     return 0

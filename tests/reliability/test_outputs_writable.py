@@ -142,3 +142,13 @@ def test_cli_unwritable_output_is_one_line_in_a_subprocess(blocked, tmp_path, ar
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith("scratchlm: error: cannot write the ") and r.stderr.count("\n") == 1, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_quality_train_checks_its_model_directory_before_training(blocked, tmp_path, capsys, monkeypatch):
+    from scratchlm.data import quality_model
+
+    (tmp_path / "docs.txt").write_text("a document\n")
+    monkeypatch.setattr(quality_model, "train_quality_model", expensive)
+    argv = ["data", "quality", "train", "--positive", str(tmp_path / "docs.txt"), "--negative"]
+    assert main([*argv, str(tmp_path / "docs.txt"), "--out", str(blocked / "qm")]) == 1
+    one_line_error(capsys, "cannot write the quality model directory", str(blocked / "qm"))
