@@ -460,7 +460,8 @@ def _read_state(cfg: ModelConfig, hf: dict, ck: _Checkpoint, wanted: dict[str, T
     for name in sorted(set(wanted) - set(sd)):
         if not name.endswith(".bias"):  # a mapping bug, not a user error
             raise AssertionError(f"no checkpoint tensor is mapped to {name}")
-        sd[name] = torch.zeros_like(wanted[name])  # a bias the HF architecture does not have (Llama's norms)
+        # a bias the HF architecture does not have (Llama's norms)
+        sd[name] = torch.zeros(wanted[name].shape, dtype=wanted[name].dtype)
     for name, t in sd.items():
         if t.shape != wanted[name].shape:
             raise ScratchLMError(
@@ -501,14 +502,15 @@ def _prefix(hf: dict) -> str:
 def _load(hf: dict, ck: _Checkpoint, dtype: torch.dtype):
     from scratchlm.model.transformer import TransformerLM
 
-    model = TransformerLM(config_from_hf(hf))
-    sd = _read_state(model.config, hf, ck, model.state_dict())
+    cfg = config_from_hf(hf)
+    with torch.device("meta"):  # names and shapes only: the weights come from the checkpoint
+        wanted = TransformerLM(cfg).state_dict()
+    sd = _read_state(cfg, hf, ck, wanted)
     leftovers = ck.leftovers()
     if leftovers:
         shown = ", ".join(leftovers[:8]) + (f" and {len(leftovers) - 8} more" if len(leftovers) > 8 else "")
         raise ScratchLMError(f"checkpoint {ck.path} has tensors the {hf['model_type']} mapping does not use: {shown}")
-    model.load_state_dict(sd)
-    return model.to(dtype)
+    return TransformerLM.from_state_dict(cfg, sd).to(dtype)
 
 
 # ---------------------------------------------------------------------------------------- save

@@ -12,8 +12,8 @@ A native model directory (what `scratchlm model pull` writes; `save_model_dir` w
     model, chat = load_model("smollm2-135m-instruct")   # a pulled name, a model directory or a run directory
 
 `load_model` accepts: a run directory (config.toml + checkpoints: its best, else latest weights), a
-native model directory, a GGUF file (converted in memory), or the name of a pretrained model in `pretrained.REGISTRY` (pulled into the
-cache on first use).
+native model directory, a GGUF file (converted in memory), or the name of a pretrained model in
+`pretrained.REGISTRY` (pulled into the cache on first use).
 """
 
 from __future__ import annotations
@@ -112,16 +112,15 @@ def load_model_dir(path: str | os.PathLike, device: str = "cpu", dtype: torch.dt
         raise ScratchLMError(f"{weights} is not a readable safetensors file ({e})") from None
     for alias, name in (meta.get("aliases") or {}).items():
         sd[alias] = sd[name]
-    with torch.device(device):
-        model = TransformerLM(cfg)  # initialised, then overwritten: the buffers (RoPE tables) come from init
-    expected = model.state_dict()
+    with torch.device("meta"):
+        expected = TransformerLM(cfg).state_dict()
     missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
     bad = [k for k in expected if k in sd and sd[k].shape != expected[k].shape]
     if missing or unexpected or bad:
         raise ScratchLMError(
             f"{weights} does not fit its config: missing {missing[:4]}, unexpected {unexpected[:4]}, shapes {bad[:4]}"
         )
-    model.load_state_dict(sd)
+    model = TransformerLM.from_state_dict(cfg, sd, device)
     model.to(dtype=dtype or DTYPES.get(meta.get("dtype"), torch.float32))
     return model.eval(), ChatTokenizer.load(path)
 

@@ -91,7 +91,11 @@ class ScaledEmbedding(Embedding):
     def reset_parameters(self, std: float | None = None) -> None:
         super().reset_parameters(std)
         if hasattr(self, "scale"):  # Embedding.__init__ calls this before the buffer exists
-            self.scale.fill_(math.sqrt(self.embedding_dim))
+            self.reset_buffers()
+
+    @torch.no_grad()
+    def reset_buffers(self) -> None:
+        self.scale.fill_(math.sqrt(self.embedding_dim))
 
     def forward(self, ids: Tensor) -> Tensor:
         return super().forward(ids) * self.scale.to(self.weight.dtype)  # (..., D)

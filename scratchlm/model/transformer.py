@@ -115,6 +115,29 @@ class TransformerLM(nn.Module):
             else:
                 m.reset_parameters()
 
+    @torch.no_grad()
+    def init_buffers(self, device: torch.device | str | None = None) -> None:
+        """Compute the non-persistent buffers (RoPE and sinusoid frequencies, the embedding scale) and
+        nothing else: for a model materialised with `to_empty` whose weights come from a checkpoint."""
+        device = device or self.embed.weight.device
+        for m in self.modules():
+            if isinstance(m, (RotaryEmbedding, SinusoidalPositions)):
+                m.reset_parameters(device)
+            elif isinstance(m, ScaledEmbedding):
+                m.reset_buffers()
+
+    @classmethod
+    def from_state_dict(cls, config: ModelConfig, state_dict: dict[str, Tensor], device="cpu") -> TransformerLM:
+        """A model holding `state_dict` (strictly: every name, every shape), without the random
+        initialisation a plain construction would spend on weights that are then overwritten."""
+        with torch.device("meta"):
+            model = cls(config)
+        model.to_empty(device=device)
+        model._tie()  # to_empty gives the head a tensor of its own
+        model.init_buffers(device)
+        model.load_state_dict(state_dict, strict=True)
+        return model
+
     def param_roles(self) -> dict[str, str]:
         """{parameter name: role} (see `roles.py`), asserted to partition the parameters."""
         roles = param_roles(self)
