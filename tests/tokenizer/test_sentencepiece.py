@@ -18,7 +18,6 @@ from shared_data import shared_file
 from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizer.sentencepiece import GGUF_KEYS, SentencePieceBPE
 
-GEMMA_GGUF = Path("/tmp/pkgs/gemma-3-270m-q4_k_m.gguf")
 TEXTS = ["text/tinystories_val.txt", "text/tinyshakespeare.txt", "text/owt_mini.txt"]
 
 # ---------------------------------------------------------------------------------------------- small vocabulary
@@ -256,14 +255,20 @@ def test_duplicate_tokens_last_wins():
 
 # ---------------------------------------------------------------------------------------------- Gemma 3
 @pytest.fixture(scope="module")
-def gemma_fields():
-    if not GEMMA_GGUF.is_file():
-        pytest.skip(f"{GEMMA_GGUF} not found (the Gemma 3 270M GGUF is only on the project's machines)")
+def gemma_gguf(request) -> Path:
+    """The Gemma 3 270M GGUF from its PyPI wheels (tests/pretrained_files.py; skipped without them)."""
+    from pretrained_files import gguf_file
+
+    return gguf_file(request.config, "gemma3-270m")
+
+
+@pytest.fixture(scope="module")
+def gemma_fields(gemma_gguf):
     pytest.importorskip("transformers", reason="transformers is the reference tokenizer")
     # transformers' own GGUF reader: the same values as gguf.GGUFReader(...).fields[key].contents(), 5x faster
     from transformers.integrations.gguf.reader import read_gguf_metadata
 
-    metadata, _ = read_gguf_metadata(str(GEMMA_GGUF), ("tokenizer.ggml.tokens",))
+    metadata, _ = read_gguf_metadata(str(gemma_gguf), ("tokenizer.ggml.tokens",))
     return {k: v for k, v in metadata.items() if k.startswith("tokenizer.ggml.")}
 
 
@@ -273,10 +278,10 @@ def gemma(gemma_fields):
 
 
 @pytest.fixture(scope="module")
-def reference(gemma_fields):
+def reference(gemma_fields, gemma_gguf):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(GEMMA_GGUF.parent), gguf_file=GEMMA_GGUF.name)
+    return AutoTokenizer.from_pretrained(str(gemma_gguf.parent), gguf_file=gemma_gguf.name)
 
 
 def check_against_reference(gemma, reference, text: str) -> list[int]:
