@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from scratchlm.data.default_corpus import sha256_file
 from scratchlm.errors import ScratchLMError
 
 log = logging.getLogger(__name__)
@@ -201,14 +202,6 @@ def pull(
 
 
 # ---------------------------------------------------------------------------------------------- wheels
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def obtain_wheel(
     w: Wheel, cache_dir: str | os.PathLike | None, wheel_dir: str | os.PathLike | None, progress: bool
 ) -> Path:
