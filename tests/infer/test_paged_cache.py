@@ -33,7 +33,7 @@ def batch(rows, tables):
 
 @pytest.mark.parametrize(
     "changes",
-    [dict(), dict(layer_pattern="SL", window=5), dict(positions="learned"), dict(n_heads=8, qk_norm=True)],
+    [dict(), dict(layer_pattern="SL", window=5), dict(positions="learned"), dict(qk_norm=True, bias=True)],
 )
 def test_chunked_prefill_and_decode_equal_the_plain_forward(changes):
     torch.manual_seed(0)
