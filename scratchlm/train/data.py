@@ -1,6 +1,7 @@
 """Training and evaluation batches from a memory-mapped token file.
 
     data = TokenData("data/train.bin", expect_tokenizer_hash=tok.hash)
+    data = TokenData(ids, vocab_size=tok.vocab_size)   # or ids made in Python: numpy array / torch tensor
     data.check_vocab(model.config.vocab_size)
     loader = RandomWindows(data, batch_size=16, seq_len=256, seed=0, rank=rank, world_size=world)
     x, y = loader.batch(step)          # (B, T) int64 each; y is x shifted by one token
@@ -8,11 +9,13 @@
         ...                             # every target token of the file exactly once; -100 = padding
 
 The token file is never read into RAM: a batch copies only its windows out of the memory map.
+In-memory ids are used as they are (no copy of a 1-D integer array), checked once against the vocabulary.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,17 +23,59 @@ import numpy as np
 import torch
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.tokenizer.token_file import open_tokens
+from scratchlm.tokenizer.token_file import TOKENS_FORMAT, TOKENS_VERSION, as_id_array, open_tokens
 
 IGNORE_INDEX = -100  # target value skipped by the loss (torch cross_entropy's default ignore_index)
 
 
 class TokenData:
-    """A token file (memory-mapped) and its sidecar metadata."""
+    """A token file (memory-mapped) and its sidecar metadata, or token ids already in memory.
 
-    def __init__(self, path: str | Path, expect_tokenizer_hash: str | None = None):
-        self.path = Path(path)
-        self.tokens, self.meta = open_tokens(self.path, expect_tokenizer_hash)  # np.memmap, dict
+    `TokenData(path)` opens a file written by `scratchlm tokenizer encode` or `write_token_file`.
+    `TokenData(ids, vocab_size=V)` takes a 1-D numpy array, torch tensor or list of ids, every one checked
+    to be in [0, V); `tokenizer_hash` (checked against `expect_tokenizer_hash`, like a file's) and
+    `bytes_per_token` (for bits per byte) stand in for what a file's sidecar would say.
+    """
+
+    def __init__(
+        self,
+        path,
+        expect_tokenizer_hash: str | None = None,
+        *,
+        vocab_size: int | None = None,
+        tokenizer_hash: str | None = None,
+        bytes_per_token: float | None = None,
+    ):
+        if isinstance(path, (str, os.PathLike)):
+            if vocab_size is not None or tokenizer_hash is not None or bytes_per_token is not None:
+                raise ScratchLMError(
+                    "vocab_size, tokenizer_hash and bytes_per_token are for in-memory ids: a token file's "
+                    "sidecar states them"
+                )
+            self.path = Path(path)
+            self.name = str(self.path)
+            self.tokens, self.meta = open_tokens(self.path, expect_tokenizer_hash)  # np.memmap, dict
+            return
+        if vocab_size is None:
+            raise ScratchLMError("in-memory token ids need vocab_size= (the tokenizer's vocabulary size)")
+        if bytes_per_token is not None and not (isinstance(bytes_per_token, (int, float)) and bytes_per_token > 0):
+            raise ScratchLMError(f"bytes_per_token must be > 0, got {bytes_per_token!r}")
+        if expect_tokenizer_hash is not None and tokenizer_hash != expect_tokenizer_hash:
+            raise ScratchLMError(
+                f"these in-memory ids were made by another tokenizer (hash {(tokenizer_hash or '?')[:12]})"
+            )
+        self.path = None
+        self.name = "in-memory token data"
+        self.tokens = as_id_array(path, vocab_size, "the token ids")  # (N,) any integer dtype, not copied
+        self.meta = {
+            "format": TOKENS_FORMAT,
+            "version": TOKENS_VERSION,
+            "dtype": self.tokens.dtype.name,
+            "count": int(self.tokens.size),
+            "vocab_size": int(vocab_size),
+            "tokenizer_hash": tokenizer_hash,
+            "bytes_per_token": bytes_per_token,
+        }
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -40,7 +85,7 @@ class TokenData:
         """Vocabulary size of the tokenizer that wrote the file: every id is < this."""
         v = self.meta.get("vocab_size")
         if not isinstance(v, int) or v < 1:
-            raise ScratchLMError(f"{self.path}: its sidecar has no valid vocab_size (re-encode the corpus)")
+            raise ScratchLMError(f"{self.name}: its sidecar has no valid vocab_size (re-encode the corpus)")
         return v
 
     @property
@@ -52,7 +97,7 @@ class TokenData:
         """Source bytes per token of the encoded corpus (for bits per byte)."""
         b = self.meta.get("bytes_per_token")
         if not isinstance(b, (int, float)) or b <= 0:
-            raise ScratchLMError(f"{self.path}: its sidecar has no bytes_per_token, needed for bits per byte")
+            raise ScratchLMError(f"{self.name}: no bytes_per_token (needed for bits per byte) in its sidecar")
         return float(b)
 
     def max_id(self, chunk: int = 1 << 24) -> int:
@@ -69,13 +114,13 @@ class TokenData:
         then the ids themselves (a damaged or foreign file would otherwise crash training mid-run)."""
         if self.vocab_size > model_vocab_size:
             raise ScratchLMError(
-                f"{self.path} holds ids of a {self.vocab_size}-token vocabulary but the model has "
+                f"{self.name} holds ids of a {self.vocab_size}-token vocabulary but the model has "
                 f"vocab_size {model_vocab_size}: set model.vocab_size >= {self.vocab_size}"
             )
         top = self.max_id()
         if top >= self.vocab_size:
             raise ScratchLMError(
-                f"{self.path} holds id {top}, outside the {self.vocab_size}-token vocabulary its sidecar states: "
+                f"{self.name} holds id {top}, outside the {self.vocab_size}-token vocabulary its sidecar states: "
                 "the file is damaged or was not written by this tokenizer (re-encode the corpus)"
             )
 
@@ -102,7 +147,7 @@ class RandomWindows:
             raise ScratchLMError(f"the data seed must be >= 0, got {seed}")
         if len(data) < seq_len + 1:
             raise ScratchLMError(
-                f"batch larger than the data: {data.path} has {len(data)} tokens but one window needs "
+                f"batch larger than the data: {data.name} has {len(data)} tokens but one window needs "
                 f"seq_len + 1 = {seq_len + 1}; use a shorter seq_len or a bigger token file"
             )
         self.data = data
@@ -190,7 +235,7 @@ def eval_windows(
     if max_tokens > 0:
         n_targets = min(n_targets, max_tokens)
     if n_targets < 1:
-        raise ScratchLMError(f"{data.path} has {len(data)} tokens: evaluation needs at least 2")
+        raise ScratchLMError(f"{data.name} has {len(data)} tokens: evaluation needs at least 2")
     windows = split_for_rank(math.ceil(n_targets / seq_len), rank, world_size)
     return _eval_batches(data.tokens, n_targets, windows, batch_size, seq_len)  # checks above run eagerly
 

@@ -19,12 +19,21 @@ Where things are:
 from __future__ import annotations
 
 from scratchlm.train.config import TrainConfig
+from scratchlm.train.data import TokenData
 from scratchlm.train.trainer import Trainer
 
 
-def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
-    """Run (or resume) training per `cfg`; returns the run summary (also in `out_dir/summary.json`)."""
-    trainer = Trainer(cfg, resume=resume, overwrite=overwrite, progress=progress)
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    train_data: TokenData | None = None,
+    valid_data: TokenData | None = None,
+) -> dict:
+    """Run (or resume) training per `cfg`; returns the run summary (also in `out_dir/summary.json`).
+    `train_data` / `valid_data` replace the token files of `cfg.data` (see `Trainer`)."""
+    trainer = Trainer(cfg, resume, overwrite, progress, train_data=train_data, valid_data=valid_data)
     try:
         return trainer.run()
     finally:

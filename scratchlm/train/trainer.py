@@ -71,16 +71,24 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
     return run_dir
 
 
-def open_data(cfg: TrainConfig) -> tuple[TokenData, TokenData | None, object | None]:
+def open_data(
+    cfg: TrainConfig, train_data: TokenData | None = None, valid_data: TokenData | None = None
+) -> tuple[TokenData, TokenData | None, object | None]:
     """(train, valid or None, tokenizer or None), checked before any work: missing files, vocab mismatch,
-    a validation file of another tokenizer."""
-    if not cfg.data.train:
-        raise ScratchLMError("data.train is empty: give a token file (scratchlm tokenizer encode ...)")
-    train_data = TokenData(cfg.data.train)
+    a validation file of another tokenizer. `train_data` / `valid_data` (e.g. in-memory ids) replace the
+    files `cfg.data.train` / `cfg.data.valid`."""
+    if train_data is None:
+        if not cfg.data.train:
+            raise ScratchLMError("data.train is empty: give a token file (scratchlm tokenizer encode ...)")
+        train_data = TokenData(cfg.data.train)
     train_data.check_vocab(cfg.model.vocab_size)
-    valid = None
-    if cfg.data.valid:
-        valid = TokenData(cfg.data.valid, expect_tokenizer_hash=train_data.meta.get("tokenizer_hash"))
+    valid = valid_data
+    train_hash = train_data.meta.get("tokenizer_hash")
+    if valid is None and cfg.data.valid:
+        valid = TokenData(cfg.data.valid, expect_tokenizer_hash=train_hash)
+    elif valid is not None and None not in (train_hash, valid.tokenizer_hash) and valid.tokenizer_hash != train_hash:
+        raise ScratchLMError(f"the validation data {valid.name} was made by another tokenizer than the training data")
+    if valid is not None:
         valid.check_vocab(cfg.model.vocab_size)
     tok_path = cfg.data.tokenizer or train_data.meta.get("tokenizer")
     tokenizer = load_tokenizer(tok_path) if tok_path and Path(tok_path).exists() else None
@@ -88,10 +96,22 @@ def open_data(cfg: TrainConfig) -> tuple[TokenData, TokenData | None, object | N
 
 
 class Trainer:
-    """One training run per `cfg`: `Trainer(cfg, resume, overwrite, progress).run() -> summary dict`."""
+    """One training run per `cfg`: `Trainer(cfg, resume, overwrite, progress).run() -> summary dict`.
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True):
+    `train_data` / `valid_data` (TokenData, e.g. `TokenData(ids, vocab_size=V)` of ids made in Python) are
+    used instead of the files `cfg.data.train` / `cfg.data.valid`; a resume must pass the same ones again."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        resume: bool = False,
+        overwrite: bool = False,
+        progress: bool = True,
+        train_data: TokenData | None = None,
+        valid_data: TokenData | None = None,
+    ):
         self.cfg, self.progress = cfg, progress
+        self._data = train_data, valid_data
         self.mesh = mesh = init_distributed(cfg)
         self.metrics = None
         if mesh.main:  # a read-only or impossible run directory: say so before loading data or building the model
@@ -107,7 +127,7 @@ class Trainer:
     def _setup(self, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
         mesh = self.mesh
         self.run_dir = prepare_run_dir(cfg, resume, overwrite) if mesh.main else Path(cfg.out_dir)
-        train_data, valid, tokenizer = open_data(cfg)
+        train_data, valid, tokenizer = open_data(cfg, *self._data)
         # One draw per optimizer step of dp x batch_size x grad_accum windows, fixed by (seed, step): this
         # replica's rows are split into its micro-batches, so any split of the global batch over processes
         # and accumulation sees the same data.
