@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.workers import default_workers, process_context, resolve_workers
+from scratchlm.workers import default_workers, resolve_workers, worker_pool
 
 
 @dataclass
@@ -38,7 +38,8 @@ def _call(fn: Callable, arg: Any) -> Any:
 
 
 class LocalExecutor:
-    """A process pool (fork where available, so stages registered at run time reach the workers)."""
+    """A process pool (fork where available, so stages registered at run time reach the workers); the
+    workers exit when the driver dies (`workers.exit_with_parent`), a SIGKILL included."""
 
     def __init__(self, workers: int = 0):
         self.workers = resolve_workers(workers, "workers")
@@ -48,7 +49,7 @@ class LocalExecutor:
             for i, a in enumerate(args):
                 yield i, _call(fn, a)
             return
-        pool = ProcessPoolExecutor(min(self.workers, len(args)), mp_context=process_context())
+        pool = worker_pool(min(self.workers, len(args)))
         try:
             pending: dict[Future, int] = {pool.submit(_call, fn, a): i for i, a in enumerate(args)}
             while pending:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from scratchlm.progress import progress_bar
 from scratchlm.tokenizer.chunks import ChunkStats, decode_utf8, iter_byte_chunks, work_chunk_bytes
 from scratchlm.tokenizer.token_file import TOKENS_FORMAT, TOKENS_VERSION, sidecar_path, token_dtype
 from scratchlm.tokenizer.tokenizer import Tokenizer
-from scratchlm.workers import process_context, resolve_workers
+from scratchlm.workers import resolve_workers, worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ def encode_file(
             for data in chunks:
                 write(_encode_chunk(data, dtype.str))
         else:
-            ctx = process_context()
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(tok,)) as pool:
+            with worker_pool(workers, initializer=_init_worker, initargs=(tok,)) as pool:  # they die with us
                 inflight: deque[Future] = deque()  # bounded, written back in order
                 for data in chunks:
                     inflight.append(pool.submit(_encode_chunk, data, dtype.str))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections import Counter, deque
 from collections.abc import Iterable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from scratchlm.tokenizer.pretokenize import (
     special_splitter,
     split_special,
 )
-from scratchlm.workers import process_context, resolve_workers
+from scratchlm.workers import resolve_workers, worker_pool
 
 Vocab = dict[int, bytes]
 Merges = list[tuple[bytes, bytes]]
@@ -89,7 +89,7 @@ def count_pretokens_in_file(
                 advance()
         else:
             # A bounded number of chunks in flight keeps memory flat however large the file.
-            with ProcessPoolExecutor(workers, mp_context=process_context()) as pool:
+            with worker_pool(workers) as pool:
                 inflight: deque[Future] = deque()
                 for data in chunks:
                     inflight.append(pool.submit(count_chunk, data, specials, pattern))
