@@ -165,3 +165,19 @@ def test_special_tokens(ours):
     assert (chat.bos_token, chat.eos_token, chat.add_bos) == ("<|im_start|>", "<|im_end|>", False)
     assert chat.stop_ids == [2, 0]
     assert chat.encode("<|im_start|>user") == [1, 4093]
+
+
+def test_engine_greedy_chat_equals_generate(ours):
+    """The batched paged engine on chat prompts (transitively equal to transformers' greedy output)."""
+    from scratchlm.infer.engine import LLM
+    from scratchlm.infer.sampling import SamplingParams
+
+    model, chat = ours
+    questions = ["What is the capital of France?", "Name three colours.", "Write a haiku about the sea."]
+    prompts = [chat.apply_chat_template([{"role": "user", "content": q}], tokenize=True) for q in questions]
+    outs = LLM(model, chat, num_blocks=64, block_size=16).generate(
+        prompts, SamplingParams(temperature=0, max_tokens=24)
+    )
+    for p, out in zip(prompts, outs):
+        ref = generate(model, p, 24, temperature=0.0, stop_tokens=chat.stop_ids)[len(p) :]
+        assert out.outputs[0].token_ids == ref

@@ -1,0 +1,289 @@
+"""The inference engine: many requests at once over a paged KV cache (vLLM's shape, in readable code).
+
+    llm = LLM(model, chat)                                        # or LLM.from_model("smollm2-135m-instruct")
+    outs = llm.generate(["Once upon a time", "The capital of"], SamplingParams(temperature=0, max_tokens=32))
+
+    engine = Engine(model, chat)                                  # the step API a server drives
+    rid = engine.add_request("Hello", SamplingParams(max_tokens=20))
+    while engine.has_unfinished():
+        for delta in engine.step():                               # new tokens and text of each request
+            print(delta.request_id, delta.text, end="")
+    engine.abort(rid)
+
+One step = schedule (`scheduler.py`: running sequences first, then waiting ones, under a token and a
+sequence budget, chunked prefill, preemption when blocks run out) -> one forward of the model over
+the paged cache (`model_runner.py`) -> sample the sequences that reached the end of their tokens
+(`sampling.py`: per-request generators, so a request's tokens do not depend on its batch) -> stop
+checks (EOS, stop ids, stop strings that are not emitted, max_tokens, the model's context) ->
+finished sequences free their blocks (full ones stay in the prefix cache until evicted).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from scratchlm.errors import InvalidArgument, ScratchLMError
+from scratchlm.infer.block_manager import BlockManager
+from scratchlm.infer.model_runner import ModelRunner
+from scratchlm.infer.sampling import SamplingParams, TokenHistory, make_generator, sample
+from scratchlm.infer.scheduler import Scheduler
+from scratchlm.infer.sequence import Sequence
+
+
+@dataclass
+class EngineConfig:
+    block_size: int = 16  # tokens per KV block
+    num_blocks: int = 0  # KV blocks in the pool; 0 = what `kv_cache_mb` holds
+    kv_cache_mb: int = 256  # pool size when num_blocks = 0
+    max_num_seqs: int = 64  # sequences per step
+    max_num_batched_tokens: int = 2048  # tokens per step (prefill chunks + decodes)
+    enable_prefix_caching: bool = True
+    max_model_len: int = 0  # longest prompt + output; 0 = the model's context_length
+
+    def validate(self) -> None:
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"engine {name} must be >= 1, got {getattr(self, name)}")
+        if self.num_blocks < 0 or self.kv_cache_mb < 1 or self.max_model_len < 0:
+            raise InvalidArgument("engine num_blocks and max_model_len must be >= 0, kv_cache_mb >= 1")
+
+
+@dataclass
+class Completion:
+    """One sample of a request (n per request)."""
+
+    index: int
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None  # "stop" (EOS, a stop id or string) | "length" | "abort"
+    logprobs: list[float] = field(default_factory=list)  # raw-model logprob of each generated token
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # with params.logprobs = n
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: list[Completion]
+
+    @property
+    def finished(self) -> bool:
+        return all(c.finish_reason is not None for c in self.outputs)
+
+
+@dataclass
+class Delta:
+    """What one step added to one sample: for streaming."""
+
+    request_id: str
+    index: int
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None
+
+
+class _Sample:
+    """Engine-side state of one sequence: its generator, output text and stop-string bookkeeping."""
+
+    def __init__(self, req: _Request, index: int, seq: Sequence, vocab_size: int, device):
+        self.req, self.index, self.seq = req, index, seq
+        self.completion = Completion(index)
+        params = req.params
+        self.generator = None if params.greedy else make_generator(params, device, index)
+        self.history = TokenHistory(req.prompt_ids, vocab_size, device) if params.needs_history else None
+        self.emitted = 0  # characters of completion.text already streamed
+
+
+@dataclass
+class _Request:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    samples: list[_Sample] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None):
+        self.config = config = config or EngineConfig()
+        config.validate()
+        self.model, self.tokenizer = model.eval(), tokenizer
+        cfg = model.config
+        self.max_model_len = min(config.max_model_len or cfg.context_length, cfg.context_length)
+        num_blocks = config.num_blocks or self._blocks_for(config.kv_cache_mb)
+        self.runner = ModelRunner(model, num_blocks, config.block_size)
+        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        # a model whose every layer slides can give back the blocks no query will see again
+        self._window = cfg.window if {cfg.layer_kind(i) for i in range(cfg.n_layers)} == {"S"} else 0
+        self.requests: dict[str, _Request] = {}
+        self._by_seq: dict[int, _Sample] = {}
+        self._ids = itertools.count()
+        self.stats = {"steps": 0, "preemptions": 0, "prefill_tokens": 0, "decode_tokens": 0}
+        self._eos = set(tokenizer.stop_ids) if tokenizer is not None and hasattr(tokenizer, "stop_ids") else set()
+
+    def _blocks_for(self, mb: int) -> int:
+        cfg, p = self.model.config, next(self.model.parameters())
+        per_block = 2 * cfg.n_layers * self.config.block_size * cfg.kv_heads * cfg.dh * p.element_size()
+        return max(1, mb * 2**20 // per_block)
+
+    # ------------------------------------------------------------------ requests
+    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None, request_id=None) -> str:
+        params = params or SamplingParams()
+        params.validate()
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise InvalidArgument("a text prompt needs the engine's tokenizer; pass token ids")
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = [int(t) for t in prompt]
+        if not ids:
+            raise InvalidArgument("the prompt must hold at least one token")
+        vocab = self.model.config.vocab_size
+        if not all(0 <= t < vocab for t in ids):
+            raise InvalidArgument(f"prompt token ids must be in [0, {vocab})")
+        if len(ids) >= self.max_model_len:
+            raise InvalidArgument(
+                f"the prompt has {len(ids)} tokens; this model takes at most {self.max_model_len - 1}"
+            )
+        rid = str(request_id) if request_id is not None else f"req-{next(self._ids)}"
+        if rid in self.requests:
+            raise InvalidArgument(f"request id {rid!r} is already in use")
+        req = _Request(rid, ids, params)
+        for i in range(params.n):
+            seq = Sequence(list(ids), params)
+            sample_state = _Sample(req, i, seq, self.model.config.vocab_size, self.runner.device)
+            req.samples.append(sample_state)
+            self._by_seq[seq.seq_id] = sample_state
+            self.scheduler.add(seq)
+        self.requests[rid] = req
+        return rid
+
+    def abort(self, request_id: str) -> None:
+        req = self.requests.get(request_id)
+        if req is None:
+            return
+        for s in req.samples:
+            if s.completion.finish_reason is None:
+                s.completion.finish_reason = "abort"
+                self.scheduler.finish(s.seq)
+                self._by_seq.pop(s.seq.seq_id, None)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def output(self, request_id: str) -> RequestOutput:
+        req = self.requests[request_id]
+        return RequestOutput(request_id, req.prompt_ids, [s.completion for s in req.samples])
+
+    def release(self, request_id: str) -> RequestOutput:
+        """The request's output, forgetting it (a server calls this once a request is done)."""
+        out = self.output(request_id)
+        if out.finished:
+            del self.requests[request_id]
+        return out
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> list[Delta]:
+        plan = self.scheduler.schedule()
+        if not plan.batch:
+            if self.scheduler.has_unfinished():
+                raise ScratchLMError("the scheduler could not place any request (KV pool too small?)")
+            return []
+        logits = self.runner.run(plan.batch)  # (B, V)
+        self.stats["steps"] += 1
+        self.stats["preemptions"] += len(plan.preempted)
+        for seq, n in plan.batch:
+            self.stats["decode_tokens" if seq.num_output_tokens and n == 1 else "prefill_tokens"] += n
+        rows = [i for i in range(len(plan.batch)) if plan.samples(i)]
+        for seq, n in plan.batch:
+            seq.num_computed_tokens += n
+            if self._window:
+                self.blocks.release_outside_window(seq, self._window)
+        if not rows:
+            return []
+        states = [self._by_seq[plan.batch[i][0].seq_id] for i in rows]
+        picked = sample(
+            logits[rows], [s.req.params for s in states], [s.generator for s in states], [s.history for s in states]
+        )
+        tokens, logprobs = picked.tokens.tolist(), picked.logprobs.tolist()
+        return [self._accept(state, picked, r, tokens[r], logprobs[r]) for r, state in enumerate(states)]
+
+    def _accept(self, state: _Sample, picked, r: int, token: int, logprob: float) -> Delta:
+        seq, params, c = state.seq, state.req.params, state.completion
+        seq.token_ids.append(token)
+        c.token_ids.append(token)
+        c.logprobs.append(logprob)
+        if state.history is not None:
+            state.history.append(token)
+        if params.logprobs is not None:
+            c.top_logprobs.append(list(zip(picked.top_ids[r].tolist(), picked.top_logprobs[r].tolist())))
+        reason = None
+        if (token in self._eos and not params.ignore_eos) or token in params.stop_token_ids:
+            reason = "stop"
+        elif (params.max_tokens is not None and len(c.token_ids) >= params.max_tokens) or len(
+            seq.token_ids
+        ) >= self.max_model_len:
+            reason = "length"
+        text = self._text(c, reason is not None)
+        if params.stop:
+            hit = min(((text.find(s), s) for s in params.stop if s in text), default=None)
+            if hit is not None:
+                text, reason = text[: hit[0]], "stop"
+        c.text = text
+        # stream what cannot become the start of a stop string any more
+        hold = 0 if reason else _stop_prefix_len(text, params.stop)
+        new_text = text[state.emitted : len(text) - hold] if len(text) - hold > state.emitted else ""
+        state.emitted += len(new_text)
+        if reason is not None:
+            c.finish_reason = reason
+            self.scheduler.finish(seq)
+            self._by_seq.pop(seq.seq_id, None)
+        return Delta(state.req.request_id, state.index, [token], new_text, reason)
+
+    def _text(self, c: Completion, final: bool) -> str:
+        if self.tokenizer is None:
+            return ""
+        text = self.tokenizer.decode(c.token_ids, skip_special=True)
+        if not final:
+            text = text.rstrip("\ufffd")  # an incomplete UTF-8 character: wait for its next token
+        return text
+
+
+def _stop_prefix_len(text: str, stops) -> int:
+    """Length of the longest end of `text` that is the beginning of a stop string (held back from streams)."""
+    best = 0
+    for s in stops or ():
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+class LLM:
+    """Offline batches: `generate(prompts, params)` runs the engine until every request is done."""
+
+    def __init__(self, model, tokenizer=None, **config):
+        self.engine = Engine(model, tokenizer, EngineConfig(**config))
+
+    @classmethod
+    def from_model(cls, spec: str, **config) -> LLM:
+        """A run directory, a native model directory, a .gguf file or a pretrained name."""
+        from scratchlm.model.model_dir import load_model
+
+        model, chat = load_model(spec)
+        return cls(model, chat, **config)
+
+    def generate(
+        self, prompts: list[str | list[int]] | str, params: SamplingParams | list[SamplingParams] | None = None
+    ) -> list[RequestOutput]:
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        if len(plist) != len(prompts):
+            raise InvalidArgument(f"{len(prompts)} prompts but {len(plist)} sampling params")
+        ids = [self.engine.add_request(p, sp) for p, sp in zip(prompts, plist)]
+        while self.engine.has_unfinished():
+            self.engine.step()
+        return [self.engine.release(i) for i in ids]
