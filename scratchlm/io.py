@@ -7,9 +7,11 @@ then `os.replace`, so a crash or a Ctrl-C never leaves a half-written output beh
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -66,22 +68,58 @@ def sweep_stale_temps(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+# Errors of writing data (not of finding or opening a file): a write() that fails with one of these says only
+# "No space left on device", without the file, so the writer adds it (`named_write_errors`).
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+_OS_ERROR_TEXT = re.compile(r"\(os error (\d+)\)")  # how Rust libraries (safetensors) report one
+
+
+def _write_errno(e: BaseException) -> int | None:
+    """The errno of a write error without a file name in `e` or the exceptions it wraps (torch.save raises a
+    RuntimeError whose context is the OSError; safetensors a SafetensorError saying "(os error 28)")."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError):
+            return e.errno if e.errno in WRITE_ERRNOS and e.filename is None else None
+        m = _OS_ERROR_TEXT.search(str(e))
+        if m and int(m.group(1)) in WRITE_ERRNOS:
+            return int(m.group(1))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+@contextlib.contextmanager
+def named_write_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise a write error that names no file (a full disk, a quota, a read-only remount), also one that a
+    library wrapped in its own exception type, as an OSError naming `path`; the CLI prints it as one line,
+    `scratchlm: error: No space left on device: <path>`."""
+    try:
+        yield
+    except Exception as e:
+        code = _write_errno(e)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from e
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
     """Open a temp file next to `path` (named for its writer: see `sweep_stale_temps`); on success fsync and
-    rename it over `path`."""
+    rename it over `path`. A failed write (a full disk) removes the temp file and names `path`."""
     path = Path(path)
     if path.is_dir():
         raise ScratchLMError(f"cannot write {path}: it is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_temp_owner()}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode, encoding=encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        _normal_mode(Path(tmp), is_dir=False)
-        os.replace(tmp, path)
+        with named_write_errors(path):
+            with os.fdopen(fd, mode, encoding=encoding) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            _normal_mode(Path(tmp), is_dir=False)
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

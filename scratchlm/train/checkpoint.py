@@ -24,6 +24,7 @@ Save from one process (rank 0) with a full (unsharded) model and optimizer state
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -44,7 +45,7 @@ import scratchlm
 from scratchlm.config import flatten
 from scratchlm.distributed.parallelize import unwrap_model
 from scratchlm.errors import ScratchLMError
-from scratchlm.io import atomic_dir, read_json, write_json
+from scratchlm.io import atomic_dir, named_write_errors, read_json, write_json
 from scratchlm.train.state import TrainState, restore_part, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,27 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+class _WriteAll:
+    """An unbuffered file for torch.save that writes each buffer whole or raises: torch's own file writer
+    reports a full disk as "unexpected pos 704 vs 598"; through this the OSError (errno) survives as the
+    context of torch's RuntimeError, for `named_write_errors`."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data) -> int:
+        view, done = memoryview(data), 0
+        while done < len(view):
+            n = self.f.write(view[done:])
+            if not n:  # a regular file that takes no byte and raises nothing: out of space all the same
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += n
+        return done
+
+    def flush(self) -> None:
+        pass
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -250,9 +272,11 @@ def _write_checkpoint(
     metrics = _jsonable(metrics or {})
     with atomic_dir(root / name, overwrite=True) as tmp:
         tensors, aliases = split_tied(model_state)
-        save_file(tensors, tmp / MODEL_FILE, metadata={"format": CHECKPOINT_FORMAT, "aliases": json.dumps(aliases)})
+        with named_write_errors(root / name / MODEL_FILE):  # a full disk: one line naming the file
+            save_file(tensors, tmp / MODEL_FILE, metadata={"format": CHECKPOINT_FORMAT, "aliases": json.dumps(aliases)})
         del tensors
-        torch.save(state, tmp / STATE_FILE)
+        with named_write_errors(root / name / STATE_FILE), open(tmp / STATE_FILE, "wb", buffering=0) as f:
+            torch.save(state, _WriteAll(f))
         meta = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
