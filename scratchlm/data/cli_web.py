@@ -34,7 +34,9 @@ def register_web(verbs) -> None:
 
     c = verbs.add_parser("classify", help="language, NSFW, toxicity, Gopher rules and PII counts of one text")
     c.add_argument("text", help="the text (or @path to read a file)")
-    c.add_argument("--quality-model", help="also score with this quality model")
+    c.add_argument(
+        "--quality-model", nargs="?", const="", help="also score with this quality model (no value: the default one)"
+    )
     c.set_defaults(func=cmd_classify)
 
     d = verbs.add_parser("dedup", help="deduplicate files: exact documents, exact lines, or MinHash near-duplicates")
@@ -51,7 +53,10 @@ def register_web(verbs) -> None:
     d.set_defaults(func=cmd_dedup)
 
     q = verbs.add_parser("quality", help="train or apply the hashed n-gram quality classifier")
-    qv = q.add_subparsers(dest="quality_verb", metavar="<train|apply>", required=True)
+    qv = q.add_subparsers(dest="quality_verb", metavar="<train|apply|default>", required=True)
+    dq = qv.add_parser("default", help="build (first use) and describe the toy default model: data, accuracy, limits")
+    dq.add_argument("--rebuild", action="store_true", help="build it again")
+    dq.set_defaults(func=cmd_quality_default)
     t = qv.add_parser("train", help="train on positive (trusted) and negative (random web) documents")
     t.add_argument(
         "--positive", nargs="+", required=True, type=Path, help="files of trusted documents (any reader format)"
@@ -140,7 +145,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     print(f"repetition  {', '.join(repetition_failures(text)) or 'pass'}")
     counts = [pii.mask_emails(text)[1], pii.mask_phone_numbers(text)[1], pii.mask_ips(text)[1]]
     print("pii         {} emails, {} phone numbers, {} IPs".format(*counts))
-    if args.quality_model:
+    if args.quality_model is not None:
         from scratchlm.data.quality_model import classify_quality
 
         print("quality     {} ({:.3f})".format(*classify_quality(text, args.quality_model)))
@@ -175,6 +180,22 @@ def cmd_quality_train(args: argparse.Namespace) -> int:
     check_writable(args.out, "quality model directory")  # before training
     model = train_quality_model(args.positive, args.negative, cfg, out=args.out, overwrite=args.force)
     print(f"wrote {args.out}/ (labels {model.labels}, {model.E.shape[0]:,} buckets x {model.E.shape[1]} dims)")
+    return 0
+
+
+def cmd_quality_default(args: argparse.Namespace) -> int:
+    from scratchlm.data.default_quality import ensure_default_quality_model
+    from scratchlm.io import read_json
+
+    path = ensure_default_quality_model(rebuild=args.rebuild)
+    meta = read_json(path / "meta.json", "quality model meta.json")
+    held, probes = meta.get("held_out", {}), meta.get("probes", {})
+    print(f"default quality model: {path}")
+    for key in ("positive_sources", "negative_sources"):
+        print(f"{key.split('_')[0]:9s} " + "; ".join(meta.get(key, [])))
+    print(f"held-out  accuracy {held.get('accuracy')} on {held.get('documents')} documents ({held.get('note')})")
+    print(f"probes    accuracy {probes.get('accuracy')} on {probes.get('documents')} documents ({probes.get('note')})")
+    print(f"limits    {meta.get('limits')}")
     return 0
 
 

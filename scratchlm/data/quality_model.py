@@ -2,6 +2,7 @@
 
     model = train_quality_model(["wiki_linked.jsonl"], ["cc_random.jsonl"], QualityTrainConfig(), out="qmodel/")
     classify_quality(text, model="qmodel/")        # ("hq", 0.93) or ("lq", ...)
+    classify_quality(text)                         # $SCRATCHLM_QUALITY_MODEL, else a toy default (default_quality.py)
 
 The model is Joulin et al. 2016 ("Bag of Tricks for Efficient Text Classification"): each lower-cased
 word and word n-gram (n <= `ngrams`) is hashed into one of `buckets` rows of an embedding table E
@@ -234,13 +235,14 @@ def evaluate(model: QualityModel, texts: list[str], labels: list[str], positive:
 
 
 def default_model_path() -> str:
+    """$SCRATCHLM_QUALITY_MODEL if set, else the toy-sized default model, built at first use from text that ships
+    with Python (`default_quality.py`: what it was trained on, how good it is, and its limits)."""
     path = os.environ.get(MODEL_ENV)
-    if not path:
-        raise ScratchLMError(
-            "no quality model: train one with `scratchlm data quality train --positive P --negative N --out DIR` "
-            f'and pass model=DIR (pipeline: `model = "DIR"`), or set ${MODEL_ENV}'
-        )
-    return path
+    if path:
+        return path
+    from scratchlm.data.default_quality import ensure_default_quality_model
+
+    return str(ensure_default_quality_model())
 
 
 @cache

@@ -74,7 +74,9 @@ class HarmfulConfig:
 
 @dataclass
 class QualityConfig:
-    model: str = ""  # a `scratchlm data quality train` directory or a fastText .bin ("" = $SCRATCHLM_QUALITY_MODEL)
+    # a `scratchlm data quality train` directory or a fastText .bin; "" = $SCRATCHLM_QUALITY_MODEL, else the toy
+    # default built at first use (data/default_quality.py: Python's docs vs synthetic boilerplate)
+    model: str = ""
     threshold: float = 0.5  # keep when P(positive_label) >= threshold
     positive_label: str = "hq"
 

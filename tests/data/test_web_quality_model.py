@@ -73,9 +73,10 @@ def test_save_load_round_trip_and_errors(corpus, tmp_path):
         train_quality_model([pos], [write_jsonl(tmp_path / "one.jsonl", [{"text": "x"}])], CFG)
 
 
-def test_no_model_is_a_clear_error(monkeypatch):
-    monkeypatch.delenv("SCRATCHLM_QUALITY_MODEL", raising=False)
-    with pytest.raises(ScratchLMError, match="no quality model"):
+def test_a_missing_model_is_a_clear_error(monkeypatch, tmp_path):
+    # (no model at all: the default one is built, see test_default_quality.py)
+    monkeypatch.setenv("SCRATCHLM_QUALITY_MODEL", str(tmp_path / "absent"))
+    with pytest.raises(ScratchLMError, match="quality model meta.json not found"):
         classify_quality("text")
 
 
