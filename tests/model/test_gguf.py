@@ -243,3 +243,47 @@ def test_generate_from_a_gguf_file_on_the_cli(files):
     assert r.stdout.startswith("Once")
     r = _cli("generate", "--model", str(files["Q8_0"]), "--prompt", "Hi", "--chat", "--max-new-tokens", "5")
     assert r.returncode == 0, r.stderr
+
+
+def test_export_hf_with_tokenizer_loads_in_transformers(files, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from scratchlm.model.hf_export import save_hf_with_tokenizer
+    from scratchlm.model.model_dir import load_model
+
+    model, chat = load_model(files["Q8_0"])
+    kind = save_hf_with_tokenizer(model, chat, tmp_path / "hf")
+    assert kind == "llama"
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = torch.randint(0, 300, (2, 15), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (hf(ids).logits - model(ids)).abs().max() < 1e-4
+    for text in TEXTS:
+        assert tok(text)["input_ids"] == chat.encode(text)
+    messages = CONVERSATIONS[1]
+    assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == chat.apply_chat_template(
+        messages
+    )
+    with pytest.raises(ScratchLMError, match="exists"):
+        save_hf_with_tokenizer(model, chat, tmp_path / "hf")
+
+
+def test_export_hf_gemma3_weights(tmp_path):
+    from gguf_fixtures import tiny_gemma3
+    from transformers import AutoModelForCausalLM
+
+    from scratchlm.model.hf_export import save_hf_with_tokenizer
+    from scratchlm.tokenizer.chat import ChatTokenizer
+    from scratchlm.tokenizer.sentencepiece import SentencePieceBPE
+
+    hf = tiny_gemma3()
+    model = read_gguf(write_gguf(tmp_path / "g.gguf", hf, arch="gemma3", tokenizer=False)).model()
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"<0x{i:02X}>" for i in range(97)]
+    spm = SentencePieceBPE(tokens, [0.0] * 101, [3, 3, 3, 2] + [6] * 97, bos_id=2, eos_id=1, unk_id=3, add_bos=True)
+    kind = save_hf_with_tokenizer(model, ChatTokenizer(spm, "<bos>", "<eos>", add_bos=True), tmp_path / "hf")
+    assert kind.startswith("gemma3_text") and "tokenizer not exported" in kind
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(0, 101, (1, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (back(ids).logits - hf(ids).logits).abs().max() < 1e-4
