@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from scratchlm.io import atomic_write
+from scratchlm.io import atomic_write, named_write_errors
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,9 @@ class MetricsLogger:
 
     def log(self, record: dict) -> None:
         record = {"time": round(time.time(), 3), **record}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        with named_write_errors(self.path):  # a full disk: one line naming metrics.jsonl
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
         step = record.get("step", 0)
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("step", "time")}
         if self.wandb is not None:
@@ -117,7 +118,8 @@ class MetricsLogger:
                 self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, step)
 
     def close(self) -> None:
-        self.file.close()
+        with named_write_errors(self.path):
+            self.file.close()
         if self.wandb is not None:
             self.wandb.finish()
         if self.tb is not None:

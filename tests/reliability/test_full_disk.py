@@ -156,3 +156,24 @@ def test_write_errors_name_the_file_without_a_tmpfs(tmp_path, raise_it):
     assert e.value.filename == str(tmp_path / "missing")
     with pytest.raises(RuntimeError), named_write_errors(tmp_path / "out.bin"):
         raise RuntimeError("some other failure")  # not a write error: as it was
+
+
+def test_metrics_log_on_a_full_disk_names_the_file(tmp_path):
+    from scratchlm.train.metrics import MetricsLogger
+
+    class FullFile:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    logger = MetricsLogger(tmp_path, {})
+    logger.file.close()
+    logger.file = FullFile()
+    with pytest.raises(OSError) as e:
+        logger.log({"kind": "train", "step": 1, "loss": 1.0})
+    assert e.value.filename == str(tmp_path / "metrics.jsonl")
