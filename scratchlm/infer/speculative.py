@@ -376,7 +376,8 @@ def speculative_generate(
     models = [target] + ([proposer.model] if isinstance(proposer, DraftModel) else [])
     modes = [m.training for m in models]
     for m in models:
-        m.eval()
+        if m.training:  # (eval() walks every module: skipped when there is nothing to change)
+            m.eval()
     try:
         device = next(target.parameters()).device
         cache = target.new_cache(1, max_len)
@@ -386,7 +387,8 @@ def speculative_generate(
         return _rounds(target, cache, session, prompt, max_new_tokens, params, k, generator, stats), stats
     finally:
         for m, mode in zip(models, modes):
-            m.train(mode)
+            if mode:
+                m.train()
 
 
 def _rounds(target, cache, session, prompt, max_new_tokens, params, k, generator, stats) -> list[int]:
