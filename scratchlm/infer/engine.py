@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from scratchlm.errors import InvalidArgument, ScratchLMError
 from scratchlm.infer.block_manager import BlockManager
 from scratchlm.infer.model_runner import ModelRunner
+from scratchlm.infer.paged_cache import bytes_per_block
 from scratchlm.infer.sampling import SamplingParams, TokenHistory, make_generator, sample
 from scratchlm.infer.scheduler import Scheduler
 from scratchlm.infer.sequence import Sequence
@@ -111,9 +112,11 @@ class Engine:
         cfg = model.config
         self.max_model_len = min(config.max_model_len or cfg.context_length, cfg.context_length)
         num_blocks = config.num_blocks or self._blocks_for(config.kv_cache_mb)
-        self.runner = ModelRunner(model, num_blocks, config.block_size)
-        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        self.runner = ModelRunner(model, num_blocks, config.block_size, config.max_num_seqs)
+        # a prefix hit skips computing its tokens, but a recurrent state (runner.slots) cannot be read from blocks
+        prefix_caching = config.enable_prefix_caching and self.runner.slots is None
+        self.blocks = BlockManager(num_blocks, config.block_size, prefix_caching)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens, self.runner.slots)
         # a model whose every layer slides can give back the blocks no query will see again
         self._window = cfg.window if {cfg.layer_kind(i) for i in range(cfg.n_layers)} == {"S"} else 0
         self.requests: dict[str, _Request] = {}
@@ -123,8 +126,9 @@ class Engine:
         self._eos = set(tokenizer.stop_ids) if tokenizer is not None and hasattr(tokenizer, "stop_ids") else set()
 
     def _blocks_for(self, mb: int) -> int:
-        cfg, p = self.model.config, next(self.model.parameters())
-        per_block = 2 * cfg.n_layers * self.config.block_size * cfg.kv_heads * cfg.dh * p.element_size()
+        per_block = bytes_per_block(self.model, self.config.block_size)
+        if per_block == 0:  # recurrent layers only: blocks are bookkeeping, enough for every sequence at full length
+            return self.config.max_num_seqs * -(-self.max_model_len // self.config.block_size)
         return max(1, mb * 2**20 // per_block)
 
     # ------------------------------------------------------------------ requests

@@ -2,8 +2,12 @@
 
 Each row is a sequence's next chunk: a decode token, a whole prompt, or a piece of a long prompt
 (chunked prefill). Rows are right-padded into one (B, T) batch with per-token positions (-1 at
-padding) and pool slots, the paged cache view is built (`paged_cache.py`), and the logits of the
-last new token of each row are returned (only rows that reach the end of their known tokens sample).
+padding) and pool slots, the cache view is built (`paged_cache.py`: attention layers in blocks;
+`state_slots.py`: recurrent layers in a slot per sequence), and the logits of the last new token of each
+row are returned (only rows that reach the end of their known tokens sample).
+
+A model with a layer whose state padding would change (S4D, `state_slots.PAD_SENSITIVE`) runs one forward
+per group of rows with the same token count, so no row is padded (decode steps stay one forward).
 """
 
 from __future__ import annotations
@@ -12,19 +16,34 @@ import torch
 from torch import Tensor
 
 from scratchlm.infer.paged_cache import KVPool
+from scratchlm.infer.state_slots import StateSlots
 
 
 class ModelRunner:
-    def __init__(self, model, num_blocks: int, block_size: int):
+    def __init__(self, model, num_blocks: int, block_size: int, max_num_seqs: int = 64):
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.pool = KVPool(model, num_blocks, block_size)
+        # recurrent layers: a state slot per running sequence (the scheduler allocates and frees them)
+        self.slots = StateSlots(model, max_num_seqs) if "state" in self.pool.kinds else None
         self.block_size = block_size
 
     @torch.no_grad()
     def run(self, batch: list[tuple[object, int]]) -> Tensor:
         """batch: (seq, n) pairs; seq.token_ids[seq.num_computed_tokens : +n] are fed. Returns (B, V) float32
         logits of each row's last fed token."""
+        if self.slots is None or not self.slots.needs_unpadded_rows:
+            return self._forward(batch)
+        groups: dict[int, list[int]] = {}
+        for r, (_, n) in enumerate(batch):
+            groups.setdefault(n, []).append(r)
+        parts = {n: self._forward([batch[r] for r in rows]) for n, rows in groups.items()}
+        logits = torch.empty(len(batch), parts[batch[0][1]].shape[1], device=self.device)
+        for n, rows in groups.items():
+            logits[torch.tensor(rows, device=self.device)] = parts[n]
+        return logits
+
+    def _forward(self, batch: list[tuple[object, int]]) -> Tensor:
         B, T = len(batch), max(n for _, n in batch)
         bs = self.block_size
         ids = torch.zeros(B, T, dtype=torch.long)
@@ -44,7 +63,8 @@ class ModelRunner:
             slots[r, :n] = table[p // bs] * bs + p % bs
             ctx[r], last[r] = start + n, n - 1
         dev = self.device
-        step = self.pool.step(slots.to(dev), tables.to(dev), ctx.to(dev))
+        states = self.slots.step([seq for seq, _ in batch]) if self.slots is not None else None
+        step = self.pool.step(slots.to(dev), tables.to(dev), ctx.to(dev), states)
         hidden = self.model(ids.to(dev), cache=step, positions=pos.to(dev), output="hidden")  # (B, T, D)
         h = hidden[torch.arange(B, device=dev), last.to(dev)]  # (B, D)
         return self.model.head(h).float()  # (B, V)

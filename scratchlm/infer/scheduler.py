@@ -32,10 +32,11 @@ class Step:
 
 
 class Scheduler:
-    def __init__(self, block_manager, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, block_manager, max_num_seqs: int, max_num_batched_tokens: int, state_slots=None):
         if max_num_seqs < 1 or max_num_batched_tokens < 1:
             raise ScratchLMError("max_num_seqs and max_num_batched_tokens must be >= 1")
         self.blocks = block_manager
+        self.slots = state_slots  # recurrent layers' state slots (state_slots.StateSlots, max_num_seqs of them) or None
         self.max_num_seqs, self.max_tokens = max_num_seqs, max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -53,6 +54,8 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self.blocks.deallocate(seq)
+        if self.slots is not None:  # recomputed from token 0 in a fresh slot
+            self.slots.free(seq)
         seq.status = SequenceStatus.WAITING
         seq.num_computed_tokens = 0
         self.waiting.appendleft(seq)
@@ -82,6 +85,8 @@ class Scheduler:
                 break
             self.waiting.popleft()
             self.blocks.allocate(seq)  # sets seq.num_cached_tokens from the prefix cache
+            if self.slots is not None:  # a slot is free: running sequences hold them, and there are < max_num_seqs
+                self.slots.allocate(seq)
             # at least the last token is computed: its logits start the generation
             seq.num_computed_tokens = min(seq.num_cached_tokens, len(seq.token_ids) - 1)
             seq.status = SequenceStatus.RUNNING
@@ -98,3 +103,5 @@ class Scheduler:
         if seq in self.waiting:
             self.waiting.remove(seq)
         self.blocks.deallocate(seq)
+        if self.slots is not None:
+            self.slots.free(seq)
