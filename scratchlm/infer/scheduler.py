@@ -8,7 +8,8 @@ first served:
    are freed and it goes back to the front of the waiting queue, to be recomputed later), or itself
    when it is the newest.
 2. Then waiting sequences, while their blocks (the whole prompt, minus prefix-cache hits, which are
-   never computed again) can be allocated: the first chunk of their prompt.
+   never computed again) can be allocated: the first chunk of their prompt. A model with recurrent layers
+   also gives each running sequence a state slot (`state_slots.py`), freed with its blocks.
 A sequence needs logits only when a step feeds its last known token; `Step.samples` says which.
 """
 
