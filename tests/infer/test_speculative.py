@@ -375,7 +375,7 @@ def test_a_misbehaving_proposer_is_refused():
 
 def test_measure_reports_each_k():
     target = tiny(0)
-    rows = measure(target, target, [PROMPT, [1, 2, 3]], ks=(2, 3), max_new_tokens=8)
+    rows = measure(target, target, [PROMPT, [1, 2, 3]], ks=(2, 3), max_new_tokens=8, repeats=2)
     assert [r["k"] for r in rows] == [2, 3]
     for r in rows:
         assert r["acceptance_rate"] == 1.0 and r["identical"]
