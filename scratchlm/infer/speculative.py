@@ -405,8 +405,7 @@ def _rounds(target, cache, session, prompt, max_new_tokens, params, k, generator
         if q is not None and q.shape != (len(proposals), V):
             raise InvalidArgument(f"the proposer's q has shape {tuple(q.shape)}, expected ({len(proposals)}, {V})")
         # The cache holds the context minus its last token: feed the rest, then the proposals.
-        before = cache.length
-        feed = context[before:] + proposals
+        feed = context[cache.length :] + proposals
         logits = target(torch.tensor([feed], device=device), cache=cache)[0, -(len(proposals) + 1) :]  # (n+1, V)
         stats.target_forwards += 1
         if params.greedy:
