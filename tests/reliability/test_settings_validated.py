@@ -197,7 +197,6 @@ def test_quality_apply_threshold_is_a_probability(tmp_path, capsys):
 def test_more_workers_than_cores_are_capped_not_all_started(tmp_path, monkeypatch, caplog):
     """num_workers=100000 used to start 100,000 forked processes at once (a fork pool starts them all)."""
     from scratchlm import workers
-    from scratchlm.tokenizer import encode_corpus
     from scratchlm.tokenizer import train as tok_train
 
     monkeypatch.setattr(workers, "default_workers", lambda: 2)
@@ -225,8 +224,7 @@ def test_more_workers_than_cores_are_capped_not_all_started(tmp_path, monkeypatc
             f.set_result(fn(*args))
             return f
 
-    monkeypatch.setattr(tok_train, "ProcessPoolExecutor", CountingPool)
-    monkeypatch.setattr(encode_corpus, "ProcessPoolExecutor", CountingPool)
+    monkeypatch.setattr(workers, "ProcessPoolExecutor", CountingPool)  # every pool is made by workers.worker_pool
     corpus = tmp_path / "c.txt"
     corpus.write_text("the cat sat on the mat <|endoftext|>" * 2000, encoding="utf-8")
     with caplog.at_level("WARNING"):
