@@ -181,13 +181,13 @@ def main(names: list[str]) -> None:
     json.dump(results, sys.stdout)
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
-
-
 def loss_of(m, x, y):
     """The training loss of model `m` (fused head + loss when its config says so), as `train_step` computes it."""
     from scratchlm.train.losses import FusedLMLoss, LMLoss
 
     fn = FusedLMLoss() if m.config.fused_loss else LMLoss()
     return fn(m(x, output=fn.needs), y, m)[0]
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
