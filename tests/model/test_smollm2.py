@@ -137,7 +137,9 @@ def test_tokenizer_matches_on_shared_texts(ours, theirs, original_tokenizer):
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80))
-@example(" ²").example("a  1").example("x 12 ½3")  # where transformers' GGUF tokenizer parts from SmolLM2's
+@example(" ²")  # these three: where transformers' GGUF tokenizer parts from SmolLM2's
+@example("a  1")
+@example("x 12 ½3")
 def test_tokenizer_on_any_text(ours, theirs, original_tokenizer, text):
     mine = ours[1].encode(text)
     assert mine == original_tokenizer.encode(text).ids
