@@ -164,3 +164,31 @@ def test_sliding_window_model_releases_blocks(model):
         engine.step()
     assert engine.output(rid).outputs[0].token_ids == reference(slider, prompt, 20)
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+def test_stop_strings_are_not_emitted_and_streams_add_up():
+    from scratchlm.tokenizer.chat import ChatTokenizer
+    from scratchlm.tokenizer.tokenizer import Tokenizer
+
+    torch.manual_seed(2)
+    tok = ChatTokenizer.plain(Tokenizer({i: bytes([i]) for i in range(256)}, [], ["<|endoftext|>"]))
+    m = TransformerLM(ModelConfig(vocab_size=257, context_length=96, d_model=32, n_layers=2, n_heads=4)).eval()
+    prompt = tok.encode("hello")
+    free = (
+        LLM(m, tok, num_blocks=64, block_size=4)
+        .generate([prompt], SamplingParams(temperature=1.0, seed=3, max_tokens=30, ignore_eos=True))[0]
+        .outputs[0]
+    )
+    text = free.text
+    # a 2-character string the free run produces after a few characters (same seed: same tokens up to it)
+    stop = next(text[i : i + 2] for i in range(4, len(text) - 1) if "\ufffd" not in text[i : i + 2])
+    assert text.find(stop) >= 1 and free.finish_reason == "length"
+    engine = Engine(m, tok, EngineConfig(num_blocks=64, block_size=4))
+    params = SamplingParams(temperature=1.0, seed=3, max_tokens=30, ignore_eos=True, stop=[stop])
+    rid = engine.add_request(prompt, params)
+    streamed = ""
+    while engine.has_unfinished():
+        streamed += "".join(d.text for d in engine.step() if d.request_id == rid)
+    c = engine.output(rid).outputs[0]
+    assert c.finish_reason == "stop" and c.text == text[: text.find(stop)]
+    assert streamed == c.text and stop not in streamed
