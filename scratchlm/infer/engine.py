@@ -30,6 +30,7 @@ from scratchlm.infer.paged_cache import bytes_per_block
 from scratchlm.infer.sampling import SamplingParams, TokenHistory, make_generator, sample
 from scratchlm.infer.scheduler import Scheduler
 from scratchlm.infer.sequence import Sequence
+from scratchlm.tokenizer.stream import StreamDecoder
 
 
 @dataclass
@@ -87,13 +88,16 @@ class Delta:
 class _Sample:
     """Engine-side state of one sequence: its generator, output text and stop-string bookkeeping."""
 
-    def __init__(self, req: _Request, index: int, seq: Sequence, vocab_size: int, device):
+    def __init__(self, req: _Request, index: int, seq: Sequence, vocab_size: int, device, tokenizer):
         self.req, self.index, self.seq = req, index, seq
         self.completion = Completion(index)
         params = req.params
         self.generator = None if params.greedy else make_generator(params, device, index)
         self.history = TokenHistory(req.prompt_ids, vocab_size, device) if params.needs_history else None
         self.emitted = 0  # characters of completion.text already streamed
+        # the output's text so far, complete characters only (a token may end inside a UTF-8 character)
+        self.decoder = StreamDecoder(tokenizer) if tokenizer is not None else None
+        self.text = ""
 
 
 @dataclass
@@ -156,7 +160,7 @@ class Engine:
         req = _Request(rid, ids, params)
         for i in range(params.n):
             seq = Sequence(list(ids), params)
-            sample_state = _Sample(req, i, seq, self.model.config.vocab_size, self.runner.device)
+            sample_state = _Sample(req, i, seq, self.model.config.vocab_size, self.runner.device, self.tokenizer)
             req.samples.append(sample_state)
             self._by_seq[seq.seq_id] = sample_state
             self.scheduler.add(seq)
@@ -229,7 +233,9 @@ class Engine:
             seq.token_ids
         ) >= self.max_model_len:
             reason = "length"
-        text = self._text(c, reason is not None)
+        if state.decoder is not None:
+            state.text += state.decoder.push(token) + (state.decoder.flush() if reason is not None else "")
+        text = state.text
         if params.stop:
             hit = min(((text.find(s), s) for s in params.stop if s in text), default=None)
             if hit is not None:
@@ -244,14 +250,6 @@ class Engine:
             self.scheduler.finish(seq)
             self._by_seq.pop(seq.seq_id, None)
         return Delta(state.req.request_id, state.index, [token], new_text, reason)
-
-    def _text(self, c: Completion, final: bool) -> str:
-        if self.tokenizer is None:
-            return ""
-        text = self.tokenizer.decode(c.token_ids, skip_special=True)
-        if not final:
-            text = text.rstrip("\ufffd")  # an incomplete UTF-8 character: wait for its next token
-        return text
 
 
 def _stop_prefix_len(text: str, stops) -> int:
