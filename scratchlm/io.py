@@ -33,7 +33,7 @@ def _normal_mode(path: Path, is_dir: bool) -> None:
     os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
 
 
-def _temp_owner() -> str:
+def temp_owner() -> str:
     """`<host>-<pid>`: put in temp file names, so that a later run can tell a dead writer's leftovers."""
     return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
 
@@ -49,9 +49,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 def sweep_stale_temps(path: str | os.PathLike) -> list[Path]:
-    """Delete the temp files `atomic_write` left next to `path` when its writer was killed (SIGKILL, power
-    loss): `.<name>.<host>-<pid>.<random>.tmp` of this host whose process is gone. A live writer's temp file,
-    another host's, or a name not of this form is left alone. Returns what was deleted."""
+    """Delete the temp files `atomic_write` (and scratch directories named the same way) left next to
+    `path` when its writer was killed (SIGKILL, power loss): `.<name>.<host>-<pid>.<random>.tmp` of this
+    host whose process is gone. A live writer's, another host's, or a name not of this form is left
+    alone. Returns what was deleted."""
     path = Path(path)
     host = socket.gethostname().replace(".", "_")
     removed = []
@@ -61,9 +62,12 @@ def sweep_stale_temps(path: str | os.PathLike) -> list[Path]:
     for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         owner = p.name[len(prefix) : -len(".tmp")].rsplit(".", 1)[0]  # "<host>-<pid>"
         h, _, pid = owner.rpartition("-")
-        if h == host and pid.isdigit() and not _pid_alive(int(pid)) and p.is_file():
+        if h == host and pid.isdigit() and not _pid_alive(int(pid)):
             with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+                if p.is_dir():  # a scratch directory (model pull's GGUF assembly)
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
                 removed.append(p)
     return removed
 
@@ -111,7 +115,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
     if path.is_dir():
         raise ScratchLMError(f"cannot write {path}: it is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_temp_owner()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{temp_owner()}.", suffix=".tmp", dir=path.parent)
     try:
         with named_write_errors(path):
             with os.fdopen(fd, mode, encoding=encoding) as f:

