@@ -1,13 +1,16 @@
 """Model runner: one forward for a scheduled batch of (sequence, number of new tokens) pairs.
 
 Each row is a sequence's next chunk: a decode token, a whole prompt, or a piece of a long prompt
-(chunked prefill). Rows are right-padded into one (B, T) batch with per-token positions (-1 at
-padding) and pool slots, the cache view is built (`paged_cache.py`: attention layers in blocks;
-`state_slots.py`: recurrent layers in a slot per sequence), and the logits of the last new token of each
-row are returned (only rows that reach the end of their known tokens sample).
+(chunked prefill). Rows with the same token count go through one forward as a (B, T) batch with
+per-token positions and pool slots; the cache view is built (`paged_cache.py`: attention layers in
+blocks; `state_slots.py`: recurrent layers in a slot per sequence), and the logits of the last new token
+of each row are returned (only rows that reach the end of their known tokens sample).
 
-A model with a layer whose state padding would change (S4D, `state_slots.PAD_SENSITIVE`) runs one forward
-per group of rows with the same token count, so no row is padded (decode steps stay one forward).
+Why one forward per token count rather than one right-padded batch: a step that mixes 60 decode rows
+with a 500-token prefill chunk would push 60 x 500 rows through every matmul to compute 560 tokens. A
+prefill forward is compute-bound, so reading the weights once more for it costs little; all decode rows
+(T = 1) still share one forward, whose cost is reading the weights. (Padding would also change the state
+of an S4D layer, `state_slots.PAD_SENSITIVE`: grouping keeps every row unpadded.)
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ class ModelRunner:
     def run(self, batch: list[tuple[object, int]]) -> Tensor:
         """batch: (seq, n) pairs; seq.token_ids[seq.num_computed_tokens : +n] are fed. Returns (B, V) float32
         logits of each row's last fed token."""
-        if self.slots is None or not self.slots.needs_unpadded_rows:
-            return self._forward(batch)
         groups: dict[int, list[int]] = {}
         for r, (_, n) in enumerate(batch):
             groups.setdefault(n, []).append(r)
+        if len(groups) == 1:
+            return self._forward(batch)
         parts = {n: self._forward([batch[r] for r in rows]) for n, rows in groups.items()}
         logits = torch.empty(len(batch), parts[batch[0][1]].shape[1], device=self.device)
         for n, rows in groups.items():

@@ -16,8 +16,13 @@ What each mixer keeps (`check_servable` says, or refuses the model):
 The model is not edited: softmax attention calls `cache.update(k, v, positions)` and MLA
 `cache.update(c_kv, k_rope, positions)` as they do with their plain caches, and build their masks from the
 positions returned (causal, window, padding), so a step may mix prefill chunks and decode tokens of
-different sequences, right-padded into one (B, T) batch. This is the reference path (PyTorch gather + the
-model's `attend` with a mask); a paged decode kernel plugs in under the same contract.
+different sequences, right-padded into one (B, T) batch (the reference path: PyTorch gather + the
+model's `attend` with a mask).
+
+Decode steps (one new token per row, no padding) take the fast path instead: softmax attention asks its
+cache for `decode_attention(q, k, v, window, scale)` first, and the paged view answers by writing the new
+keys and values to their slots and running `kernels.paged_attention` over the blocks (the Triton kernel on
+CUDA, the tiled online-softmax on CPU), so no row's keys are gathered into a padded dense tensor.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 from torch import Tensor
 
 from scratchlm.errors import ScratchLMError
+from scratchlm.kernels.paged_attention import paged_attention
 from scratchlm.model.attention import CausalSelfAttention
 from scratchlm.model.linear_attention import LinearAttention
 from scratchlm.model.mla import MultiHeadLatentAttention
@@ -120,6 +126,7 @@ class PagedStep:
         flat = slot_mapping.reshape(-1)
         self.keep = flat >= 0  # (B*T,) the real tokens
         self.write_slots = flat[self.keep]
+        self.decode = slot_mapping.shape[1] == 1 and bool(self.keep.all())  # one new token per row, no padding
         if states is None and "state" in pool.kinds:
             raise ScratchLMError("this model has recurrent layers: a step needs their states (state_slots.StateStep)")
         view = {"kv": _PagedKV, "latent": _PagedLatent}
@@ -149,6 +156,19 @@ class _PagedKV:
 
     def __init__(self, step: PagedStep, k: Tensor, v: Tensor):
         self.step, self.k, self.v = step, k, v
+
+    def decode_attention(self, q: Tensor, k: Tensor, v: Tensor, window: int | None, scale: float | None):
+        """At a decode step: write the (B, K, 1, Dh) new keys/values to their slots and attend the (B, H, 1, Dh)
+        queries over each row's blocks -> (B, H, 1, Dh). None otherwise (the model then calls `update`)."""
+        step = self.step
+        if not step.decode:
+            return None
+        slots = step.write_slots
+        for pool_t, new in ((self.k, k), (self.v, v)):
+            flat = pool_t.view(-1, *pool_t.shape[2:])  # (slots, K, Dh)
+            flat.index_copy_(0, slots, new[:, :, 0].to(flat.dtype))
+        y = paged_attention(q[:, :, 0], self.k, self.v, step.block_tables, step.context_lens, scale, window or 0)
+        return y[:, :, None]
 
     def update(self, k: Tensor, v: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Write (B, K, T, Dh) new keys/values to their slots; return every key/value of each row

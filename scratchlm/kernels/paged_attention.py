@@ -16,7 +16,10 @@ and window - 1 before it, as the model's sliding-window mask). Grouped-query att
 head h reads kv head h // G. A row with context length 0 gives zeros (a padding row of a batch).
 
 Backends: "reference" (gather into dense tensors, plain softmax attention in fp32), "triton" (the kernel
-below), "auto" (triton on CUDA when it can run, else reference); `use_backend("triton")` or
+below), "cpu" (`_paged_decode.c`: the same walk over blocks compiled for CPU, fp32, threads), "tiled"
+(`paged_attention_tiled.py`: the same online softmax in PyTorch ops over tiles of blocks, no padded
+gather), "auto" (triton on CUDA when it can run; on CPU the compiled kernel where it is built and takes
+the inputs, else tiled); `use_backend("triton")` or
 backend="triton" forces the kernel (the tests run it under TRITON_INTERPRET=1 on CPU).
 
 The kernel (vLLM's PagedAttention, Kwon et al. 2023, with flash-decoding's split over the context, Dao et
@@ -40,8 +43,9 @@ from torch import Tensor
 from scratchlm.errors import ScratchLMError
 from scratchlm.kernels._triton import INTERPRET, tl, triton, triton_usable
 from scratchlm.kernels.dispatch import choose
+from scratchlm.kernels.paged_attention_tiled import cpu_unsupported, paged_attention_cpu, paged_attention_tiled
 
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "cpu", "tiled", "reference")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM, MAX_BLOCK_SIZE = 256, 256  # one block's (block_size, Dh) tile lives in registers
 LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2 e)
@@ -340,6 +344,11 @@ def paged_attention(
     (num_blocks, block_size, K, Dh), block_tables (B, max_blocks), context_lens (B,) -> (B, H, Dh).
     `scale` defaults to 1 / sqrt(Dh); `window` > 0: only the last `window` positions are seen."""
     check_inputs(q, k_cache, v_cache, block_tables, context_lens, window)
-    name = choose("paged_attention", backend, BACKENDS, triton_unsupported(q, k_cache), "reference", q.is_cuda)
-    fn = paged_attention_triton if name == "triton" else paged_attention_reference
+    cpu_reason = cpu_unsupported(q, k_cache, v_cache, block_tables, context_lens)
+    fallback = "tiled" if q.is_cuda or cpu_reason else "cpu"
+    name = choose("paged_attention", backend, BACKENDS, triton_unsupported(q, k_cache), fallback, q.is_cuda)
+    if name == "cpu" and cpu_reason:
+        raise ScratchLMError(f"paged_attention backend 'cpu' cannot run here: {cpu_reason}")
+    fns = {"triton": paged_attention_triton, "cpu": paged_attention_cpu, "tiled": paged_attention_tiled}
+    fn = fns.get(name, paged_attention_reference)
     return fn(q, k_cache, v_cache, block_tables, context_lens, scale, window)

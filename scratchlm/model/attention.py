@@ -50,13 +50,17 @@ class CausalSelfAttention(nn.Module):
             rope = ctx.rope_local if self.local_rope else ctx.rope
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         cache = ctx.layer_cache(self.layer)
-        if cache is None and self.window is None and not ctx.padded:
-            mask, causal = None, True  # lets SDPA / FlashAttention use their fused causal kernels
-        else:
-            k_pos = ctx.positions
-            if cache is not None:
-                k, v, k_pos = cache.update(k, v, ctx.positions)
-            mask, causal = attention_mask(ctx.positions, k_pos, self.window), False
-        p = self.dropout if self.training else 0.0
-        y = self.attend(q, k, v, causal=causal, mask=mask, dropout_p=p, scale=self.scale)  # (B, H, T, Dh)
+        # a paged cache (the inference engine's) attends a decode step over its blocks itself, without a gather
+        paged = getattr(cache, "decode_attention", None)
+        y = paged(q, k, v, self.window, self.scale) if paged is not None else None  # (B, H, T, Dh) | None
+        if y is None:
+            if cache is None and self.window is None and not ctx.padded:
+                mask, causal = None, True  # lets SDPA / FlashAttention use their fused causal kernels
+            else:
+                k_pos = ctx.positions
+                if cache is not None:
+                    k, v, k_pos = cache.update(k, v, ctx.positions)
+                mask, causal = attention_mask(ctx.positions, k_pos, self.window), False
+            p = self.dropout if self.training else 0.0
+            y = self.attend(q, k, v, causal=causal, mask=mask, dropout_p=p, scale=self.scale)  # (B, H, T, Dh)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))

@@ -192,3 +192,28 @@ def test_stop_strings_are_not_emitted_and_streams_add_up():
     c = engine.output(rid).outputs[0]
     assert c.finish_reason == "stop" and c.text == text[: text.find(stop)]
     assert streamed == c.text and stop not in streamed
+
+
+def test_decode_steps_attend_over_blocks_without_a_gather(model, monkeypatch):
+    """Decode steps take the paged path (kernels.paged_attention, tiled on CPU), prefills the gather; same tokens."""
+    from scratchlm.infer import paged_cache
+
+    calls = {"paged": 0, "gather": 0}
+    real_attention, real_store = paged_cache.paged_attention, paged_cache.PagedStep.store
+
+    def counted_attention(*a, **k):
+        calls["paged"] += 1
+        return real_attention(*a, **k)
+
+    def counted_store(self, *a, **k):
+        calls["gather"] += 1
+        return real_store(self, *a, **k)
+
+    monkeypatch.setattr(paged_cache, "paged_attention", counted_attention)
+    monkeypatch.setattr(paged_cache.PagedStep, "store", counted_store)
+    llm = LLM(model, num_blocks=64, block_size=4)
+    prompts = mix(3, n=5)
+    outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True))
+    for prompt, out in zip(prompts, outs):
+        assert out.outputs[0].token_ids == reference(model, prompt, 10)
+    assert calls["paged"] > 0 and calls["gather"] > 0

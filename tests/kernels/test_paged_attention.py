@@ -23,9 +23,12 @@ import torch.nn.functional as F
 from scratchlm.errors import ScratchLMError
 from scratchlm.kernels import use_backend
 from scratchlm.kernels.paged_attention import (
+    cpu_unsupported,
     gather_kv,
     paged_attention,
+    paged_attention_cpu,
     paged_attention_reference,
+    paged_attention_tiled,
     paged_attention_triton,
     store_kv,
 )
@@ -122,10 +125,78 @@ def test_reference_scale_and_empty_rows():
     assert torch.equal(out[1], torch.zeros_like(out[1])) and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("window", [0, 3, 11])
+@pytest.mark.parametrize("G", [1, 4])
+@pytest.mark.parametrize("bs", [4, 16])
+@pytest.mark.parametrize("tile_bytes", [1, 2**30])  # one block per tile (rows drop out, windows skip) / one tile
+def test_tiled_matches_dense_sdpa(bs, G, window, dtype, tile_bytes):
+    lengths = lengths_for(bs) + [2 * bs, 3]
+    args, dk, dv = make_case(lengths, K=2, G=G, Dh=16, bs=bs, dtype=DTYPES[dtype], window=window)
+    out = paged_attention_tiled(**args, window=window, tile_bytes=tile_bytes)
+    assert out.shape == args["q"].shape and out.dtype == DTYPES[dtype]
+    err = max_abs(out, dense_sdpa(args["q"], dk, dv, window))
+    print(f"tiled vs SDPA bs={bs} G={G} window={window} {dtype} tile_bytes={tile_bytes}: max abs err {err:.2e}")
+    assert err <= TOL[dtype], err
+
+
+@pytest.mark.parametrize("window", [0, 3, 11])
+@pytest.mark.parametrize("G", [1, 3, 4])
+@pytest.mark.parametrize("bs", [1, 4, 16])
+@pytest.mark.parametrize("Dh", [16, 20])
+def test_compiled_cpu_kernel_matches_dense_sdpa(bs, G, window, Dh, monkeypatch):
+    from scratchlm.kernels import paged_attention_tiled as tiled
+
+    monkeypatch.setattr(tiled, "CPU_TOKENS_PER_THREAD", 0)  # small cases too: 2 threads share the rows
+    if cpu_unsupported(*make_case([3], K=1, G=1, Dh=8, bs=4, dtype=torch.float32)[0].values()):
+        pytest.skip("the compiled kernel scratchlm.kernels._paged_decode is not built here")
+    lengths = lengths_for(bs) + [2 * bs, 3, 0]
+    args, dk, dv = make_case(lengths[:-1] + [1], K=2, G=G, Dh=Dh, bs=bs, dtype=torch.float32, window=window)
+    args["context_lens"][-1] = 0  # a padding row: zeros
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)  # rows shared by 2 threads here, by 1 below: the same result
+    try:
+        out = paged_attention(**args, window=window, backend="cpu")
+    finally:
+        torch.set_num_threads(prev)
+    assert out.shape == args["q"].shape
+    err = max_abs(out[:-1], dense_sdpa(args["q"][:-1], dk[:-1], dv[:-1], window))
+    print(f"compiled vs SDPA bs={bs} G={G} Dh={Dh} window={window}: max abs err {err:.2e}")
+    assert err <= 1e-5, err
+    assert torch.equal(out[-1], torch.zeros_like(out[-1]))
+    torch.set_num_threads(1)
+    try:
+        assert torch.equal(paged_attention(**args, window=window, backend="cpu"), out)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def test_compiled_cpu_kernel_refuses_what_it_cannot_take():
+    args, _, _ = make_case([5, 9], K=2, G=2, Dh=8, bs=4, dtype=torch.bfloat16)
+    with pytest.raises(ScratchLMError, match="backend 'cpu' cannot run here"):
+        paged_attention(**args, backend="cpu")
+    args, _, _ = make_case([5, 9], K=2, G=2, Dh=8, bs=4, dtype=torch.float32)
+    if not cpu_unsupported(*args.values()):
+        args["context_lens"][0] = 99  # past the tables: an error, not a read outside the pool
+        with pytest.raises(ValueError, match="exceeds the block tables"):
+            paged_attention(**args, backend="cpu")
+
+
+def test_tiled_scale_and_empty_rows():
+    args, dk, dv = make_case([7, 1, 20], K=1, G=3, Dh=8, bs=4, dtype=torch.float32)
+    err = max_abs(paged_attention_tiled(**args, scale=0.3, tile_bytes=1), dense_sdpa(args["q"], dk, dv, scale=0.3))
+    assert err <= 1e-5
+    args["context_lens"][1] = 0  # a padding row: zeros, and the other rows are unaffected
+    out = paged_attention_tiled(**args, tile_bytes=1)
+    assert torch.equal(out[1], torch.zeros_like(out[1])) and torch.isfinite(out).all()
+    assert max_abs(out[[0, 2]], paged_attention_reference(**args)[[0, 2]]) <= 1e-5
+
+
 def test_dispatch():
     args, _, _ = make_case([5, 9], K=2, G=2, Dh=8, bs=4, dtype=torch.float32)
     want = paged_attention_reference(**args)
-    assert torch.equal(paged_attention(**args), want)  # auto on CPU: the reference
+    auto = paged_attention_cpu if not cpu_unsupported(*args.values()) else paged_attention_tiled
+    assert torch.equal(paged_attention(**args), auto(**args))  # auto on CPU: the compiled kernel where built
     assert torch.equal(paged_attention(**args, backend="reference"), want)
     from scratchlm.kernels import INTERPRET
 
