@@ -178,6 +178,15 @@ class BlockManager:
             raise ScratchLMError(f"sequence {seq.seq_id} needs {need} new KV blocks, {self.num_free_blocks} are free")
         seq.block_table.extend(self._take() for _ in range(need))
 
+    def truncate(self, seq: Sequence) -> None:
+        """Release the blocks past what the sequence's tokens need (speculative proposals that were dropped
+        or rejected). Such blocks were never full of computed tokens, so none is in the prefix cache."""
+        keep = seq.num_blocks(self.block_size)
+        for b in reversed(seq.block_table[keep:]):
+            if b != RELEASED:
+                self._release(b)
+        del seq.block_table[keep:]
+
     def deallocate(self, seq: Sequence) -> None:
         """Drop the sequence's references (finished, aborted or preempted). Its full computed blocks are
         registered first, so they stay cached until evicted. Tail blocks are released first and so are

@@ -23,6 +23,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+import torch
+
 from scratchlm.errors import InvalidArgument, ScratchLMError
 from scratchlm.infer.block_manager import BlockManager
 from scratchlm.infer.model_runner import ModelRunner
@@ -30,6 +32,7 @@ from scratchlm.infer.paged_cache import bytes_per_block
 from scratchlm.infer.sampling import SamplingParams, TokenHistory, make_generator, sample
 from scratchlm.infer.scheduler import Scheduler
 from scratchlm.infer.sequence import Sequence
+from scratchlm.infer.spec_decode import SpeculativeConfig, Speculator
 from scratchlm.tokenizer.stream import StreamDecoder
 
 
@@ -42,6 +45,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048  # tokens per step (prefill chunks + decodes)
     enable_prefix_caching: bool = True
     max_model_len: int = 0  # longest prompt + output; 0 = the model's context_length
+    speculative: SpeculativeConfig | None = None  # proposals verified per request (spec_decode.py); None = off
 
     def validate(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
@@ -109,7 +113,7 @@ class _Request:
 
 
 class Engine:
-    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None):
+    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None, draft_model=None):
         self.config = config = config or EngineConfig()
         config.validate()
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -127,6 +131,14 @@ class Engine:
         self._by_seq: dict[int, _Sample] = {}
         self._ids = itertools.count()
         self.stats = {"steps": 0, "preemptions": 0, "prefill_tokens": 0, "decode_tokens": 0}
+        self.spec = None
+        if config.speculative is not None:
+            self.spec = Speculator(config.speculative, self.max_model_len, draft_model)
+            self.spec.check_target(model, self.runner.slots is not None)
+            self.stats |= {"spec_proposed": 0, "spec_accepted": 0}
+            self.scheduler.on_preempt = self.spec.drop  # a preempted sequence is recomputed without proposals
+        elif draft_model is not None:
+            raise InvalidArgument("a draft_model is given but speculative decoding is off (EngineConfig.speculative)")
         self._eos = set(tokenizer.stop_ids) if tokenizer is not None and hasattr(tokenizer, "stop_ids") else set()
 
     def _blocks_for(self, mb: int) -> int:
@@ -175,6 +187,8 @@ class Engine:
             if s.completion.finish_reason is None:
                 s.completion.finish_reason = "abort"
                 self.scheduler.finish(s.seq)
+                if self.spec is not None:
+                    self.spec.forget(s.seq.seq_id)
                 self._by_seq.pop(s.seq.seq_id, None)
 
     def has_unfinished(self) -> bool:
@@ -193,39 +207,100 @@ class Engine:
 
     # ------------------------------------------------------------------ one step
     def step(self) -> list[Delta]:
+        if self.spec is not None:
+            self._propose()
         plan = self.scheduler.schedule()
+        if self.spec is not None:
+            self._trim(plan)
         if not plan.batch:
             if self.scheduler.has_unfinished():
                 raise ScratchLMError("the scheduler could not place any request (KV pool too small?)")
             return []
-        logits = self.runner.run(plan.batch)  # (B, V)
+        spec_ids = self.spec.pending if self.spec is not None else {}
+        counts = [self.spec.num_logits(seq.seq_id) for seq, _ in plan.batch] if spec_ids else None
+        logits = self.runner.run(plan.batch, counts)  # (sum(counts), V)
         self.stats["steps"] += 1
         self.stats["preemptions"] += len(plan.preempted)
         for seq, n in plan.batch:
             self.stats["decode_tokens" if seq.num_output_tokens and n == 1 else "prefill_tokens"] += n
-        rows = [i for i in range(len(plan.batch)) if plan.samples(i)]
+        starts = [0]
+        for c in counts or [1] * len(plan.batch):
+            starts.append(starts[-1] + c)
+        rows = [i for i in range(len(plan.batch)) if plan.samples(i) and plan.batch[i][0].seq_id not in spec_ids]
+        spec_rows = [i for i in range(len(plan.batch)) if plan.batch[i][0].seq_id in spec_ids]
         for seq, n in plan.batch:
             seq.num_computed_tokens += n
-            if self._window:
+            if self._window and seq.seq_id not in spec_ids:
                 self.blocks.release_outside_window(seq, self._window)
+        deltas = [self._verify(plan.batch[i][0], logits[starts[i] : starts[i + 1]]) for i in spec_rows]
         if not rows:
-            return []
+            return deltas
         states = [self._by_seq[plan.batch[i][0].seq_id] for i in rows]
         picked = sample(
-            logits[rows], [s.req.params for s in states], [s.generator for s in states], [s.history for s in states]
+            logits[[starts[i] for i in rows]],
+            [s.req.params for s in states],
+            [s.generator for s in states],
+            [s.history for s in states],
         )
         tokens, logprobs = picked.tokens.tolist(), picked.logprobs.tolist()
-        return [self._accept(state, picked, r, tokens[r], logprobs[r]) for r, state in enumerate(states)]
+        tops = [
+            None if ids is None else list(zip(ids.tolist(), lps.tolist()))
+            for ids, lps in zip(picked.top_ids, picked.top_logprobs)
+        ]
+        deltas += [self._accept(state, tokens[r], logprobs[r], tops[r]) for r, state in enumerate(states)]
+        return deltas
 
-    def _accept(self, state: _Sample, picked, r: int, token: int, logprob: float) -> Delta:
+    # ------------------------------------------------------------------ speculation (spec_decode.py)
+    def _propose(self) -> None:
+        for seq in self.scheduler.running:
+            if seq.num_computed_tokens == len(seq.token_ids) - 1 and seq.num_output_tokens > 0:
+                state = self._by_seq[seq.seq_id]
+                self.spec.propose(seq, state.req.params, state.generator, len(state.completion.token_ids))
+
+    def _trim(self, plan) -> None:
+        pending = {sid: self._by_seq[sid].seq for sid in self.spec.pending}
+        self.spec.trim(pending, {seq.seq_id: n for seq, n in plan.batch})
+        for seq in pending.values():
+            if seq.block_table:
+                self.blocks.truncate(seq)  # blocks reserved for proposals that are not fed
+
+    def _verify(self, seq: Sequence, logits) -> Delta:
+        """One speculating sequence after the forward: logits (n+1, V) of its fed positions."""
+        state = self._by_seq[seq.seq_id]
+        params = state.req.params
+        base = len(seq.token_ids) - len(self.spec.pending[seq.seq_id].proposals)
+        emit, accepted = self.spec.verify(seq, logits, params, state.generator)
+        self.stats["spec_proposed"] += len(logits) - 1
+        self.stats["spec_accepted"] += accepted
+        seq.num_computed_tokens = base + accepted  # the keys of rejected proposals are past the context: stale
+        logp = torch.log_softmax(logits, dim=-1)  # (n+1, V) raw model logprobs, as the plain engine reports
+        top = None
+        if params.logprobs:
+            top_lp, top_ids = logp.topk(min(params.logprobs, logp.shape[-1]), dim=-1)
+        merged = Delta(state.req.request_id, state.index, [], "", None)
+        for i, token in enumerate(emit):
+            if params.logprobs is not None:
+                top = list(zip(top_ids[i].tolist(), top_lp[i].tolist())) if params.logprobs else []
+            d = self._accept(state, token, float(logp[i, token]), top)
+            merged.token_ids += d.token_ids
+            merged.text += d.text
+            merged.finish_reason = d.finish_reason
+            if d.finish_reason is not None:
+                return merged
+        self.blocks.truncate(seq)  # blocks past the accepted tokens go back to the pool
+        if self._window:
+            self.blocks.release_outside_window(seq, self._window)
+        return merged
+
+    def _accept(self, state: _Sample, token: int, logprob: float, top: list | None) -> Delta:
         seq, params, c = state.seq, state.req.params, state.completion
         seq.token_ids.append(token)
         c.token_ids.append(token)
         c.logprobs.append(logprob)
         if state.history is not None:
             state.history.append(token)
-        if params.logprobs is not None:
-            c.top_logprobs.append(list(zip(picked.top_ids[r].tolist(), picked.top_logprobs[r].tolist())))
+        if top is not None:
+            c.top_logprobs.append(top)
         reason = None
         if (token in self._eos and not params.ignore_eos) or token in params.stop_token_ids:
             reason = "stop"
@@ -249,6 +324,8 @@ class Engine:
             c.finish_reason = reason
             self.scheduler.finish(seq)
             self._by_seq.pop(seq.seq_id, None)
+            if self.spec is not None:
+                self.spec.forget(seq.seq_id)
         return Delta(state.req.request_id, state.index, [token], new_text, reason)
 
 
@@ -266,8 +343,8 @@ def _stop_prefix_len(text: str, stops) -> int:
 class LLM:
     """Offline batches: `generate(prompts, params)` runs the engine until every request is done."""
 
-    def __init__(self, model, tokenizer=None, **config):
-        self.engine = Engine(model, tokenizer, EngineConfig(**config))
+    def __init__(self, model, tokenizer=None, draft_model=None, **config):
+        self.engine = Engine(model, tokenizer, EngineConfig(**config), draft_model)
 
     @classmethod
     def from_model(cls, spec: str, **config) -> LLM:

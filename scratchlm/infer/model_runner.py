@@ -32,21 +32,27 @@ class ModelRunner:
         self.block_size = block_size
 
     @torch.no_grad()
-    def run(self, batch: list[tuple[object, int]]) -> Tensor:
-        """batch: (seq, n) pairs; seq.token_ids[seq.num_computed_tokens : +n] are fed. Returns (B, V) float32
-        logits of each row's last fed token."""
+    def run(self, batch: list[tuple[object, int]], num_logits: list[int] | None = None) -> Tensor:
+        """batch: (seq, n) pairs; seq.token_ids[seq.num_computed_tokens : +n] are fed. Returns float32 logits of
+        each row's last fed token, (B, V); with num_logits, of each row's last num_logits[r] fed tokens, stacked
+        row after row, (sum(num_logits), V) (speculative verification)."""
+        counts = num_logits or [1] * len(batch)
         groups: dict[int, list[int]] = {}
         for r, (_, n) in enumerate(batch):
             groups.setdefault(n, []).append(r)
         if len(groups) == 1:
-            return self._forward(batch)
-        parts = {n: self._forward([batch[r] for r in rows]) for n, rows in groups.items()}
-        logits = torch.empty(len(batch), parts[batch[0][1]].shape[1], device=self.device)
+            return self._forward(batch, counts)
+        parts = {n: self._forward([batch[r] for r in rows], [counts[r] for r in rows]) for n, rows in groups.items()}
+        starts = [0]
+        for c in counts:
+            starts.append(starts[-1] + c)
+        logits = torch.empty(starts[-1], next(iter(parts.values())).shape[1], device=self.device)
         for n, rows in groups.items():
-            logits[torch.tensor(rows, device=self.device)] = parts[n]
+            dest = torch.tensor([i for r in rows for i in range(starts[r], starts[r + 1])], device=self.device)
+            logits[dest] = parts[n]
         return logits
 
-    def _forward(self, batch: list[tuple[object, int]]) -> Tensor:
+    def _forward(self, batch: list[tuple[object, int]], counts: list[int]) -> Tensor:
         B, T = len(batch), max(n for _, n in batch)
         bs = self.block_size
         ids = torch.zeros(B, T, dtype=torch.long)
@@ -55,7 +61,7 @@ class ModelRunner:
         width = max(len(seq.block_table) for seq, _ in batch)
         tables = torch.full((B, width), -1, dtype=torch.long)
         ctx = torch.zeros(B, dtype=torch.long)
-        last = torch.zeros(B, dtype=torch.long)
+        rows, cols = [], []  # the (row, position) of every returned logit row
         for r, (seq, n) in enumerate(batch):
             start = seq.num_computed_tokens
             ids[r, :n] = torch.as_tensor(seq.token_ids[start : start + n])
@@ -64,10 +70,12 @@ class ModelRunner:
             table = torch.as_tensor(seq.block_table, dtype=torch.long)
             tables[r, : len(table)] = table
             slots[r, :n] = table[p // bs] * bs + p % bs
-            ctx[r], last[r] = start + n, n - 1
+            ctx[r] = start + n
+            rows += [r] * counts[r]
+            cols += range(n - counts[r], n)
         dev = self.device
         states = self.slots.step([seq for seq, _ in batch]) if self.slots is not None else None
         step = self.pool.step(slots.to(dev), tables.to(dev), ctx.to(dev), states)
         hidden = self.model(ids.to(dev), cache=step, positions=pos.to(dev), output="hidden")  # (B, T, D)
-        h = hidden[torch.arange(B, device=dev), last.to(dev)]  # (B, D)
-        return self.model.head(h).float()  # (B, V)
+        h = hidden[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)]  # (sum(counts), D)
+        return self.model.head(h).float()  # (sum(counts), V)

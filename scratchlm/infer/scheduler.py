@@ -41,6 +41,7 @@ class Scheduler:
         self.max_num_seqs, self.max_tokens = max_num_seqs, max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.on_preempt = None  # called with a sequence before it is preempted (the engine drops its proposals)
 
     def add(self, seq: Sequence) -> None:
         need = self.blocks.blocks_needed(seq)
@@ -54,6 +55,8 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def _preempt(self, seq: Sequence) -> None:
+        if self.on_preempt is not None:
+            self.on_preempt(seq)
         self.blocks.deallocate(seq)
         if self.slots is not None:  # recomputed from token 0 in a fresh slot
             self.slots.free(seq)

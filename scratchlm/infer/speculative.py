@@ -49,21 +49,7 @@ within the round: possible with a history per row, not done), stop strings (matc
 detokenizer: the engine's job), n > 1. Stop token ids end the sequence and are not emitted, as in the
 engine. `logprobs` is not computed.
 
-Engine integration (not done here; what `infer.engine` would need for per-request speculation):
-  - scheduler / model runner: a speculating request is scheduled as an (n+1)-token chunk in a decode step
-    (the runner already mixes prefill chunks and decodes in one padded batch) and the runner returns the
-    logits of all n+1 positions of such a chunk, not only the last;
-  - block manager: reserve slots for the n+1 tokens before the step (which may preempt), and after
-    verification shrink the sequence to its accepted length: free the blocks wholly past the new end (the
-    stale slots of the last partial block are masked by the context length and overwritten later), and
-    register prefix-cache hashes only for blocks whose tokens were all accepted;
-  - sampler: `verify` / `verify_greedy` per row with the request's own params and generator (they are
-    per row already, so batch invariance holds); a step can emit several tokens per request: stop
-    checks, max_tokens and streaming over each of them, and logprobs from the raw log_softmax of each
-    verification row;
-  - draft model: its own paged cache and runner, a propose phase batched over the running requests
-    (k draft forwards per step) and the same rollback of its blocks; the n-gram proposer needs no model;
-  - constant-state mixers (linear attention, S4D) need their state saved at every proposed position.
+The batched engine runs the same rule per request inside its own steps: `spec_decode.py`.
 """
 
 from __future__ import annotations
