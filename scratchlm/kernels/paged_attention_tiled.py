@@ -112,7 +112,7 @@ def cpu_unsupported(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: T
         return f"tensors on {q.device}"
     if q.dtype != torch.float32 or k_cache.dtype != torch.float32:
         return f"dtypes {q.dtype} / {k_cache.dtype} (the compiled kernel takes float32)"
-    H, K, bs = q.shape[1], k_cache.shape[2], k_cache.shape[1]
+    H, bs = q.shape[1], k_cache.shape[1]
     if H > 128 or q.shape[2] > 256 or bs > 256:
         return f"{H} query heads > 128, head dim {q.shape[2]} > 256 or block size {bs} > 256"
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
