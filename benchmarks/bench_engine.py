@@ -13,8 +13,14 @@ Rows:
   the scratchlm engine and for transformers' batched `generate` (left padding, batches of `--hf-batch`,
   each batch run until its longest request is done, the shorter ones' extra tokens not counted); then
   the same trace with a shared 400-token system prompt, prefix caching on and off.
-llama.cpp (`llama-cpp-python`, built from source, ~18 min) is not in this run. Results:
-benchmarks/results/engine.{md,json}.
+- llama.cpp (`llama-cpp-python`, `bench` extra, `llama_cpp_side.py`): batch 1 on an F32 GGUF of the same
+  dequantised weights and on the shipped Q4_1 file; the trace run one request after another (its `Llama`
+  serves one sequence). Skipped with the reason when it is not installed.
+- speculative decoding in the engine at batch 1, greedy, k = 2..8: prompt lookup (n-gram) and a draft made
+  of SmolLM2's own first `--draft-layers` layers (early exit: same embedding, final norm and head, no
+  training); acceptance rate, tokens per target forward and wall-clock speedup over the plain engine, on
+  prompts that quote text (where prompt lookup pays) and on open-ended ones (the draft at the first two k).
+Results: benchmarks/results/engine.{md,json}.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import time
 
 import torch
 
+from benchmarks import llama_cpp_side
 from benchmarks.common import RESULTS, WORK, markdown_table
 from benchmarks.quality_common import machine_line
 
@@ -50,7 +57,11 @@ def load():
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
-    return model, chat, hf
+    return model, chat, hf, gguf
+
+
+def chat_ids(chat, text: str) -> list[int]:
+    return chat.apply_chat_template([{"role": "user", "content": text}], tokenize=True)
 
 
 def timed(fn, repeats: int) -> float:
@@ -67,9 +78,7 @@ def batch1(model, chat, hf, n: int, repeats: int) -> list[dict]:
     from scratchlm.infer.sampling import SamplingParams
     from scratchlm.model.generate import generate
 
-    ids = chat.apply_chat_template(
-        [{"role": "user", "content": "Tell me a long story about a brave cat."}], tokenize=True
-    )
+    ids = chat_ids(chat, "Tell me a long story about a brave cat.")
     x = torch.tensor([ids])
     llm = LLM(model, chat, num_blocks=64, block_size=16)
     params = lambda k: SamplingParams(temperature=0.0, max_tokens=k, ignore_eos=True)  # noqa: E731
@@ -93,6 +102,71 @@ def batch1(model, chat, hf, n: int, repeats: int) -> list[dict]:
                 {"engine": name, "prompt_tokens": len(ids), "ttft_s": ttft, "decode_tok_s": (n - 1) / (total - ttft)}
             )
             print(rows[-1], flush=True)
+    return rows
+
+
+QUOTING = [
+    "Repeat the following paragraph exactly, then say which word appears most often in it:\n\n"
+    "The quick brown fox jumps over the lazy dog. The dog does not move, and the fox jumps again, higher "
+    "this time, over the dog and over the fence behind the dog, into the garden where the fox finds a hen.",
+    "Here is a Python function:\n\ndef mean(xs):\n    total = 0\n    for x in xs:\n        total += x\n"
+    "    return total / len(xs)\n\nRewrite it with the same variable names and add a docstring.",
+]
+OPEN = ["Tell me a long story about a brave cat.", "Explain how a bicycle works to a ten-year-old."]
+
+
+def early_exit_draft(model, layers: int):
+    """SmolLM2's first `layers` blocks with its own embedding, final norm and head: a draft with no training."""
+    import dataclasses
+
+    from scratchlm.model import TransformerLM
+
+    cfg = dataclasses.replace(model.config, n_layers=layers)
+    keep = {f"blocks.{i}." for i in range(layers)}
+    sd = {
+        k: v for k, v in model.state_dict().items() if not k.startswith("blocks.") or k[: k.index(".", 7) + 1] in keep
+    }
+    return TransformerLM.from_state_dict(cfg, sd).eval()
+
+
+def speculative(model, chat, n: int, ks: list[int], draft_layers: int) -> list[dict]:
+    from scratchlm.infer.engine import LLM
+    from scratchlm.infer.sampling import SamplingParams
+    from scratchlm.infer.spec_decode import SpeculativeConfig
+
+    params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
+    draft = early_exit_draft(model, draft_layers)
+    rows = []
+    for kind, texts in (("quoting", QUOTING), ("open-ended", OPEN)):
+        prompts = [chat_ids(chat, t) for t in texts]
+
+        def run(llm, prompts=prompts):
+            llm.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=4))  # warm-up
+            before = dict(llm.engine.stats)
+            t0 = time.perf_counter()
+            outs = llm.generate(prompts, params)
+            seconds = time.perf_counter() - t0
+            diff = {k: v - before[k] for k, v in llm.engine.stats.items()}
+            # one prompt per step (max_num_seqs=1): each prefill is one step, every other step one target forward
+            per_forward = len(prompts) * (n - 1) / max(1, diff["steps"] - len(prompts))
+            return seconds, [o.outputs[0].token_ids for o in outs], diff, per_forward
+
+        base_s, base_out, _, _ = run(LLM(model, chat, num_blocks=256, block_size=16, max_num_seqs=1))
+        rows.append({"prompts": kind, "method": "none", "k": 0, "acceptance": None, "tokens_per_forward": 1.0,
+                     "seconds": base_s, "speedup": 1.0, "identical": True})  # fmt: skip
+        print(rows[-1], flush=True)
+        for method in ("ngram", "draft"):
+            for k in ks if method == "ngram" else ks[:2]:
+                llm = LLM(model, chat, draft_model=draft if method == "draft" else None, num_blocks=256,
+                          block_size=16, max_num_seqs=1, speculative=SpeculativeConfig(method, k))  # fmt: skip
+                seconds, out, st, per_forward = run(llm)
+                rows.append({
+                    "prompts": kind, "method": method if method == "ngram" else f"draft ({draft_layers} layers)",
+                    "k": k, "acceptance": st["spec_accepted"] / max(1, st["spec_proposed"]),
+                    "tokens_per_forward": per_forward, "seconds": seconds, "speedup": base_s / seconds,
+                    "identical": out == base_out,
+                })  # fmt: skip
+                print(rows[-1], flush=True)
     return rows
 
 
@@ -145,30 +219,62 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--max-output", type=int, default=300)
     p.add_argument("--hf-batch", type=int, default=8)
+    p.add_argument("--spec-tokens", type=int, default=64, help="greedy tokens per prompt in the speculative table")
+    p.add_argument("--spec-k", default="2,4,6,8")
+    p.add_argument("--draft-layers", type=int, default=8)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="llama.cpp threads")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: batch1, trace, shared, spec, llama")
     args = p.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
     t0 = time.time()
-    model, chat, hf = load()
-    report = {"machine": machine_line(), "args": vars(args)}
-    report["batch1"] = batch1(model, chat, hf, args.decode_tokens, args.repeats)
+    model, chat, hf, gguf = load()
+    report = {"machine": machine_line(), "args": vars(args), "batch1": [], "trace": {}, "shared_prefix": {}}
+    llama_reason = "skipped (--skip llama)" if "llama" in skip else llama_cpp_side.available()
+    report["llama_cpp"] = llama_reason or "llama-cpp-python " + __import__("llama_cpp").__version__
+    f32 = None
+    if not llama_reason:
+        f32 = llama_cpp_side.write_f32_gguf(gguf, gguf.with_name(gguf.stem + "-f32.gguf"))
     reqs = trace(0, args.requests, args.max_output)
-    report["trace"] = {"scratchlm engine": run_engine(model, chat, reqs)}
-    print(report["trace"], flush=True)
-    report["trace"]["transformers generate (batches)"] = run_hf(hf, reqs, args.hf_batch)
-    print(report["trace"], flush=True)
-    system = trace(1, 1, 1)[0][0][:400] + [0] * max(0, 400 - len(trace(1, 1, 1)[0][0]))
-    shared = trace(0, args.requests, args.max_output, system=system)
-    report["shared_prefix"] = {
-        "prefix caching on": run_engine(model, chat, shared, True),
-        "prefix caching off": run_engine(model, chat, shared, False),
-    }
+    if "batch1" not in skip:
+        report["batch1"] = batch1(model, chat, hf, args.decode_tokens, args.repeats)
+        if f32 is not None:
+            ids = chat_ids(chat, "Tell me a long story about a brave cat.")
+            files = {"F32": f32, "Q4_1 (as shipped)": gguf}
+            report["batch1"] += llama_cpp_side.batch1_rows(files, ids, args.decode_tokens, args.repeats, args.threads)
+    if "trace" not in skip:
+        report["trace"]["scratchlm engine"] = run_engine(model, chat, reqs)
+        print(report["trace"], flush=True)
+        report["trace"]["transformers generate (batches)"] = run_hf(hf, reqs, args.hf_batch)
+        print(report["trace"], flush=True)
+        if f32 is not None:
+            report["trace"]["llama.cpp F32 (one request at a time)"] = llama_cpp_side.trace_row(f32, reqs, args.threads)
+            print(report["trace"], flush=True)
+    if "shared" not in skip:
+        system = trace(1, 1, 1)[0][0][:400] + [0] * max(0, 400 - len(trace(1, 1, 1)[0][0]))
+        shared = trace(0, args.requests, args.max_output, system=system)
+        report["shared_prefix"] = {
+            "prefix caching on": run_engine(model, chat, shared, True),
+            "prefix caching off": run_engine(model, chat, shared, False),
+        }
+    ks = [int(k) for k in args.spec_k.split(",")]
+    report["speculative"] = [] if "spec" in skip else speculative(model, chat, args.spec_tokens, ks, args.draft_layers)
     report["total_s"] = time.time() - t0
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
+    write(report, args)
+
+
+def write(report: dict, args) -> None:
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in ("", None))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{STEM}.json").write_text(json.dumps(report, indent=1, default=str))
+    trace_rows = {
+        **report["trace"],
+        **{f"shared 400-token system prompt, {k}": v for k, v in report["shared_prefix"].items()},
+    }
     lines = [
         "# Inference engine: SmolLM2-135M-Instruct, fp32, CPU",
         "",
         f"- {report['machine']}",
+        f"- llama.cpp: {report['llama_cpp']}",
         f"- rerun: `python -m benchmarks.bench_engine {flags}`",
         "",
         f"## Batch 1: one chat prompt, {args.decode_tokens} greedy tokens (median of {args.repeats})",
@@ -181,17 +287,30 @@ def main() -> None:
             ],
         ),
         "",
-        f"## Offline trace: {args.requests} requests, prompts 50-500 tokens, outputs 50-{args.max_output}",
+        f"## Offline trace: {args.requests} requests, prompts 50-500 tokens, outputs 50-{args.max_output}, greedy",
         "",
         markdown_table(
             ["engine", "generated tokens", "wall s", "tokens/s"],
+            [[k, v["tokens"], f"{v['wall_s']:.1f}", f"{v['tok_s']:.1f}"] for k, v in trace_rows.items()],
+        ),
+        "",
+        f"## Speculative decoding in the engine: batch 1, greedy, {args.spec_tokens} tokens per prompt",
+        "",
+        markdown_table(
+            ["prompts", "proposer", "k", "acceptance", "tokens / target forward", "wall s", "speedup", "same output"],
             [
-                [k, v["tokens"], f"{v['wall_s']:.1f}", f"{v['tok_s']:.1f}"]
-                for k, v in {
-                    **report["trace"],
-                    **{f"shared 400-token system prompt, {k}": v for k, v in report["shared_prefix"].items()},
-                }.items()
-            ],
+                [
+                    r["prompts"],
+                    r["method"],
+                    r["k"],
+                    "-" if r["acceptance"] is None else f"{r['acceptance']:.2f}",
+                    f"{r['tokens_per_forward']:.2f}",
+                    f"{r['seconds']:.1f}",
+                    f"{r['speedup']:.2f}",
+                    "yes" if r["identical"] else "NO",
+                ]
+                for r in report["speculative"]
+            ],  # fmt: skip
         ),
         "",
         f"Total benchmark time {report['total_s']:.0f} s.",

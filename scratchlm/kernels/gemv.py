@@ -8,9 +8,10 @@ torch run the P products on all its threads:
 
     y[:, c*out/P : (c+1)*out/P] = x @ W[c]^T        for c in 0..P-1, as one bmm
 
-Measured on SmolLM2-135M (fp32, 2 cores): the 211 linears of one decode step 37 -> 25 ms, batch-1
-decode 13 -> 21 tokens/s (dev/LOG.md). At 8+ rows plain `F.linear` is as fast, so it is used there and
-whenever gradients flow (training keeps torch's own kernel and backward).
+Measured on SmolLM2-135M (fp32, 2 cores), the 210 linears of one decode step (425 MB of weights):
+F.linear 36 ms, x @ W_c^T 25 ms, W_c @ x^T 16 ms (27 GB/s, about the machine's bandwidth) at one row; at
+5-8 rows x @ W_c^T is the faster orientation; beyond 8 rows plain `F.linear` is as fast, so it is used
+there and whenever gradients flow (training keeps torch's own kernel and backward).
 
 Backends of `linear`: "auto" (split when it pays: CPU, no grad, rows <= SPLIT_MAX_ROWS, out divisible
 into chunks), "split", "torch" (F.linear, the reference; `kernels.use_backend("torch")` forces it).
@@ -30,7 +31,8 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.kernels import dispatch
 
 BACKENDS = ("auto", "split", "torch")
-SPLIT_MAX_ROWS = 4  # beyond this F.linear's own GEMM is as fast (benchmarks in dev/LOG.md)
+SPLIT_MAX_ROWS = 8  # beyond this F.linear's own GEMM is as fast (benchmarks in dev/LOG.md)
+WX_MAX_ROWS = 3  # up to here W_c @ x^T, beyond it x @ W_c^T (measured: 1 row 16 vs 25 ms, 5 rows equal)
 CHUNKS = 16  # row chunks of W: enough for 2-16 threads to share, few enough that each bmm item is a real GEMV
 
 
@@ -44,9 +46,15 @@ def linear_split(x: Tensor, weight: Tensor, bias: Tensor | None = None, chunks: 
     out, d_in = weight.shape
     P = num_chunks(out, chunks)
     rows = x.numel() // d_in
-    x3 = x.reshape(1, rows, d_in).expand(P, rows, d_in)  # (P, rows, in): a view
-    y = torch.bmm(x3, weight.view(P, out // P, d_in).transpose(1, 2))  # (P, rows, out/P)
-    y = y.transpose(0, 1).reshape(*x.shape[:-1], out)  # (..., out)
+    w = weight.view(P, out // P, d_in)  # (P, out/P, in): a view
+    if rows <= WX_MAX_ROWS:
+        # W_c @ x^T: each chunk's rows streamed once, a dot product per output (fastest at 1-3 rows)
+        xt = x.reshape(rows, d_in).t().unsqueeze(0).expand(P, d_in, rows)  # (P, in, rows): a view
+        y = torch.bmm(w, xt).permute(2, 0, 1)  # (rows, P, out/P)
+    else:
+        x3 = x.reshape(1, rows, d_in).expand(P, rows, d_in)  # (P, rows, in): a view
+        y = torch.bmm(x3, w.transpose(1, 2)).transpose(0, 1)  # (rows, P, out/P)
+    y = y.reshape(*x.shape[:-1], out)  # (..., out)
     return y if bias is None else y + bias
 
 
