@@ -179,11 +179,11 @@ def trace(seed: int, requests: int, max_output: int, system: list[int] | None = 
     return out
 
 
-def run_engine(model, chat, reqs, prefix_caching: bool = True) -> dict:
+def run_engine(model, chat, reqs, prefix_caching: bool = True, kv_cache_mb: int = 2048) -> dict:
     from scratchlm.infer.engine import LLM
     from scratchlm.infer.sampling import SamplingParams
 
-    llm = LLM(model, chat, kv_cache_mb=512, block_size=16, max_num_seqs=64, max_num_batched_tokens=2048,
+    llm = LLM(model, chat, kv_cache_mb=kv_cache_mb, block_size=16, max_num_seqs=64, max_num_batched_tokens=2048,
               enable_prefix_caching=prefix_caching)  # fmt: skip
     t0 = time.perf_counter()
     outs = llm.generate(
@@ -223,7 +223,8 @@ def main() -> None:
     p.add_argument("--spec-k", default="2,4,6,8")
     p.add_argument("--draft-layers", type=int, default=8)
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="llama.cpp threads")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: batch1, trace, shared, spec, llama")
+    p.add_argument("--kv-cache-mb", type=int, default=2048, help="the engine's KV pool (fp32: 0.74 MB per 16 tokens)")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: batch1, trace, hf, shared, spec, llama")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     t0 = time.time()
@@ -242,10 +243,11 @@ def main() -> None:
             files = {"F32": f32, "Q4_1 (as shipped)": gguf}
             report["batch1"] += llama_cpp_side.batch1_rows(files, ids, args.decode_tokens, args.repeats, args.threads)
     if "trace" not in skip:
-        report["trace"]["scratchlm engine"] = run_engine(model, chat, reqs)
+        report["trace"]["scratchlm engine"] = run_engine(model, chat, reqs, kv_cache_mb=args.kv_cache_mb)
         print(report["trace"], flush=True)
-        report["trace"]["transformers generate (batches)"] = run_hf(hf, reqs, args.hf_batch)
-        print(report["trace"], flush=True)
+        if "hf" not in skip:
+            report["trace"]["transformers generate (batches)"] = run_hf(hf, reqs, args.hf_batch)
+            print(report["trace"], flush=True)
         if f32 is not None:
             report["trace"]["llama.cpp F32 (one request at a time)"] = llama_cpp_side.trace_row(f32, reqs, args.threads)
             print(report["trace"], flush=True)
@@ -253,8 +255,8 @@ def main() -> None:
         system = trace(1, 1, 1)[0][0][:400] + [0] * max(0, 400 - len(trace(1, 1, 1)[0][0]))
         shared = trace(0, args.requests, args.max_output, system=system)
         report["shared_prefix"] = {
-            "prefix caching on": run_engine(model, chat, shared, True),
-            "prefix caching off": run_engine(model, chat, shared, False),
+            "prefix caching on": run_engine(model, chat, shared, True, args.kv_cache_mb),
+            "prefix caching off": run_engine(model, chat, shared, False, args.kv_cache_mb),
         }
     ks = [int(k) for k in args.spec_k.split(",")]
     report["speculative"] = [] if "spec" in skip else speculative(model, chat, args.spec_tokens, ks, args.draft_layers)
