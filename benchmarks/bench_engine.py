@@ -129,13 +129,18 @@ def early_exit_draft(model, layers: int):
     return TransformerLM.from_state_dict(cfg, sd).eval()
 
 
-def speculative(model, chat, n: int, ks: list[int], draft_layers: int) -> list[dict]:
+def speculative(model, chat, n: int, ks: list[int], draft_layers: int, draft_spec: str = "") -> list[dict]:
     from scratchlm.infer.engine import LLM
     from scratchlm.infer.sampling import SamplingParams
     from scratchlm.infer.spec_decode import SpeculativeConfig
 
     params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
-    draft = early_exit_draft(model, draft_layers)
+    drafts = {f"draft: first {draft_layers} layers": early_exit_draft(model, draft_layers)}
+    if draft_spec:  # a small model trained with SmolLM2's tokenizer (a run or model directory)
+        from scratchlm.model.model_dir import load_model
+
+        small = load_model(draft_spec)[0].eval()
+        drafts[f"draft: {small.num_params / 1e6:.1f}M trained"] = small
     rows = []
     for kind, texts in (("quoting", QUOTING), ("open-ended", OPEN)):
         prompts = [chat_ids(chat, t) for t in texts]
@@ -155,13 +160,13 @@ def speculative(model, chat, n: int, ks: list[int], draft_layers: int) -> list[d
         rows.append({"prompts": kind, "method": "none", "k": 0, "acceptance": None, "tokens_per_forward": 1.0,
                      "seconds": base_s, "speedup": 1.0, "identical": True})  # fmt: skip
         print(rows[-1], flush=True)
-        for method in ("ngram", "draft"):
+        for method in ["ngram", *drafts]:
             for k in ks if method == "ngram" else ks[:2]:
-                llm = LLM(model, chat, draft_model=draft if method == "draft" else None, num_blocks=256,
-                          block_size=16, max_num_seqs=1, speculative=SpeculativeConfig(method, k))  # fmt: skip
+                llm = LLM(model, chat, draft_model=drafts.get(method), num_blocks=256, block_size=16, max_num_seqs=1,
+                          speculative=SpeculativeConfig("ngram" if method == "ngram" else "draft", k))  # fmt: skip
                 seconds, out, st, per_forward = run(llm)
                 rows.append({
-                    "prompts": kind, "method": method if method == "ngram" else f"draft ({draft_layers} layers)",
+                    "prompts": kind, "method": method,
                     "k": k, "acceptance": st["spec_accepted"] / max(1, st["spec_proposed"]),
                     "tokens_per_forward": per_forward, "seconds": seconds, "speedup": base_s / seconds,
                     "identical": out == base_out,
@@ -221,7 +226,8 @@ def main() -> None:
     p.add_argument("--hf-batch", type=int, default=8)
     p.add_argument("--spec-tokens", type=int, default=64, help="greedy tokens per prompt in the speculative table")
     p.add_argument("--spec-k", default="2,4,6,8")
-    p.add_argument("--draft-layers", type=int, default=8)
+    p.add_argument("--draft-layers", type=int, default=8, help="the early-exit draft: SmolLM2's first N layers")
+    p.add_argument("--draft", default="", help="a trained draft (run or model directory, SmolLM2's tokenizer)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="llama.cpp threads")
     p.add_argument("--kv-cache-mb", type=int, default=2048, help="the engine's KV pool (fp32: 0.74 MB per 16 tokens)")
     p.add_argument("--skip", default="", help="comma list of parts to skip: batch1, trace, hf, shared, spec, llama")
@@ -230,6 +236,7 @@ def main() -> None:
     t0 = time.time()
     model, chat, hf, gguf = load()
     report = {"machine": machine_line(), "args": vars(args), "batch1": [], "trace": {}, "shared_prefix": {}}
+    report["speculative"] = []
     llama_reason = "skipped (--skip llama)" if "llama" in skip else llama_cpp_side.available()
     report["llama_cpp"] = llama_reason or "llama-cpp-python " + __import__("llama_cpp").__version__
     f32 = None
@@ -259,7 +266,14 @@ def main() -> None:
             "prefix caching off": run_engine(model, chat, shared, False, args.kv_cache_mb),
         }
     ks = [int(k) for k in args.spec_k.split(",")]
-    report["speculative"] = [] if "spec" in skip else speculative(model, chat, args.spec_tokens, ks, args.draft_layers)
+    if "spec" not in skip:
+        report["speculative"] = speculative(model, chat, args.spec_tokens, ks, args.draft_layers, args.draft)
+    # parts skipped this time are carried over from the last results, with the machine line of that run
+    old = json.loads((RESULTS / f"{STEM}.json").read_text()) if (RESULTS / f"{STEM}.json").is_file() else {}
+    for key, part in (("batch1", "batch1"), ("trace", "trace"), ("shared_prefix", "shared"), ("speculative", "spec")):
+        if part in skip and old.get(key):
+            report[key] = old[key]
+            report.setdefault("carried_over", {})[key] = old.get("machine", "")
     report["total_s"] = time.time() - t0
     write(report, args)
 
@@ -278,6 +292,7 @@ def write(report: dict, args) -> None:
         f"- {report['machine']}",
         f"- llama.cpp: {report['llama_cpp']}",
         f"- rerun: `python -m benchmarks.bench_engine {flags}`",
+        *[f"- {k}: carried over from the run of {m}" for k, m in report.get("carried_over", {}).items()],
         "",
         f"## Batch 1: one chat prompt, {args.decode_tokens} greedy tokens (median of {args.repeats})",
         "",
