@@ -274,6 +274,8 @@ def main() -> None:
         if part in skip and old.get(key):
             report[key] = old[key]
             report.setdefault("carried_over", {})[key] = old.get("machine", "")
+    if "llama" in skip and report.get("carried_over") and old.get("llama_cpp"):
+        report["llama_cpp"] = old["llama_cpp"] + " (in the carried-over rows)"
     report["total_s"] = time.time() - t0
     write(report, args)
 
