@@ -1,5 +1,9 @@
-"""Evaluation: bits per byte on raw text (`bpb.py`)."""
+"""Evaluation: bits per byte (`bpb.py`), multiple-choice log-likelihood (`loglik.py`, `tasks.py`, `mmlu.py`),
+generative GSM8K (`gsm8k.py`), the runner and report cards (`run.py`, `report.py`), the lm-eval adapter
+(`lm_eval_adapter.py`)."""
 
 from scratchlm.eval.bpb import bits_per_byte, documents
+from scratchlm.eval.loglik import Scorer
+from scratchlm.eval.tasks import MCExample, evaluate_mc
 
-__all__ = ["bits_per_byte", "documents"]
+__all__ = ["MCExample", "Scorer", "bits_per_byte", "documents", "evaluate_mc"]
