@@ -29,6 +29,7 @@ STAGES = {
     "train": "scratchlm.train.cli",
     "scaling": "scratchlm.scaling.cli",
     "infer": "scratchlm.infer.cli",  # also registers `scratchlm generate`, the older spelling of `infer generate`
+    "serve": "scratchlm.serve.cli",
     "eval": "scratchlm.eval.cli",
 }
 
