@@ -23,6 +23,7 @@ the unbiased estimator of Chen et al. 2021: 1 - C(n - c, k) / C(n, k) over n sam
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import re
@@ -31,6 +32,8 @@ from pathlib import Path
 
 from scratchlm.errors import ScratchLMError
 from scratchlm.eval.tasks import read_jsonl, stderr_of_mean
+
+log = logging.getLogger(__name__)
 
 STOPS = ["Question:", "</s>", "<|im_end|>"]  # lm-eval gsm8k's `until`
 STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
@@ -118,14 +121,32 @@ def evaluate(
     temperature: float = 0.0,
     seed: int = 1234,
     k: int = 1,
+    truncate: str = "left",
 ) -> tuple[dict, list[dict]]:
-    """Generate for every example (through the engine) and score; returns (metrics, per-example records)."""
+    """Generate for every example (through the engine) and score; returns (metrics, per-example records).
+    A prompt that leaves fewer than `max_tokens` positions in the model's context is cut from the left
+    (`truncate="left"`, with a warning) or refused (`truncate="error"`)."""
     from scratchlm.infer.sampling import SamplingParams
 
     if samples > 1 and temperature <= 0:
         raise ScratchLMError("pass@k with several samples needs temperature > 0")
     params = SamplingParams(temperature=temperature, max_tokens=max_tokens, stop=STOPS, n=samples, seed=seed)
-    prompts = [chat.apply_chat_template(ex.prompt) if isinstance(ex.prompt, list) else ex.prompt for ex in examples]
+    room = llm.engine.model.config.context_length - max_tokens
+    if room < 1:
+        raise ScratchLMError(f"max_tokens {max_tokens} leaves no room for a prompt in a context of {room + max_tokens}")
+    prompts = []
+    for ex in examples:
+        text = chat.apply_chat_template(ex.prompt) if isinstance(ex.prompt, list) else ex.prompt
+        ids = chat.encode(text, add_special=not isinstance(ex.prompt, list))
+        if len(ids) > room:
+            if truncate == "error":
+                raise ScratchLMError(
+                    f"a GSM8K prompt of {len(ids)} tokens leaves no room for {max_tokens} new "
+                    f"tokens in the model's context; use fewer shots or truncate='left'"
+                )
+            log.warning("a prompt of %d tokens is cut from the left to %d", len(ids), room)
+            ids = ids[-room:]
+        prompts.append(ids)
     outputs = llm.generate(prompts, params)
     records = []
     for ex, out in zip(examples, outputs):

@@ -147,7 +147,7 @@ def run_gsm8k(llm, chat, examples, cache: ResultCache, settings: Settings) -> tu
     with progress_bar(settings.progress, total=len(todo), desc="gsm8k", unit="ex") as bar:
         for lo in range(0, len(todo), settings.chunk):
             part = todo[lo : lo + settings.chunk]
-            _, recs = gsm8k.evaluate(llm, chat, [ex for _, ex in part], settings.max_tokens)
+            _, recs = gsm8k.evaluate(llm, chat, [ex for _, ex in part], settings.max_tokens, truncate=settings.truncate)
             cache.add([{"key": k, **r} for (k, _), r in zip(part, recs)])
             bar.update(len(part))
     records = [cache.records[k] for k, _ in keyed]
