@@ -478,7 +478,7 @@ async def _collect(srv, request, handles, params, rid, chat: bool) -> JSONRespon
     for k, h in enumerate(handles):
         out = h.output
         prompt_tokens += len(out.prompt_token_ids)
-        cached += h.cached_tokens
+        cached += h.cached_tokens or 0
         for c in out.outputs:
             completion_tokens += len(c.token_ids)
             index = k * params.n + c.index
@@ -551,7 +551,7 @@ def _stream(srv, request, handles, params, rid, obj: str, include_usage: bool) -
         if include_usage:
             prompt_tokens = sum(len(h.output.prompt_token_ids) for h in handles)
             completion_tokens = sum(len(c.token_ids) for h in handles for c in h.output.outputs)
-            cached = sum(h.cached_tokens for h in handles)
+            cached = sum(h.cached_tokens or 0 for h in handles)
             yield chunk([], _usage(prompt_tokens, completion_tokens, cached))
         yield "data: [DONE]\n\n"
 

@@ -54,7 +54,7 @@ class RequestHandle:
         self.loop, self.request_id, self._aloop = loop, rid, aloop
         self.queue: asyncio.Queue = asyncio.Queue()
         self.output: RequestOutput | None = None
-        self.cached_tokens = 0
+        self.cached_tokens: int | None = None  # set by the engine thread at the first allocation
         self.submitted = submitted
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
@@ -68,7 +68,7 @@ class RequestHandle:
             return None
         item = await asyncio.wait_for(self.queue.get(), timeout)
         if isinstance(item, _Done):
-            self.output, self.cached_tokens = item.output, item.cached_tokens
+            self.output = item.output
             return None
         return item
 
@@ -86,6 +86,19 @@ class EngineLoop:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.error: BaseException | None = None  # what killed the engine thread, if anything
+        # prompt tokens found in the prefix cache, read when a request's first sequence gets its blocks (the
+        # block manager zeroes seq.num_cached_tokens when a sequence finishes): the instance's allocate, wrapped
+        self._first_alloc: dict[int, RequestHandle] = {}  # seq_id -> handle still waiting for its first blocks
+        allocate = engine.blocks.allocate
+
+        def allocate_and_note(seq, *args, **kwargs):
+            out = allocate(seq, *args, **kwargs)
+            handle = self._first_alloc.pop(seq.seq_id, None)
+            if handle is not None and handle.cached_tokens is None:
+                handle.cached_tokens = seq.num_cached_tokens
+            return out
+
+        engine.blocks.allocate = allocate_and_note
 
     # ------------------------------------------------------------------ asyncio side
     @property
@@ -154,6 +167,8 @@ class EngineLoop:
                 fut.set_exception(e)
                 return
             self._handles[handle.request_id] = handle
+            for sample in self.engine.requests[handle.request_id].samples:
+                self._first_alloc[sample.seq.seq_id] = handle
             fut.set_result(handle.request_id)
         elif cmd[0] == "abort":
             rid = cmd[1]
@@ -196,15 +211,16 @@ class EngineLoop:
     def _finish(self, rid: str, aborted: bool = False) -> None:
         handle = self._handles.pop(rid)
         req = self.engine.requests.get(rid)
-        cached = min((s.seq.num_cached_tokens for s in req.samples), default=0) if req is not None else 0
         if req is not None:
+            for sample in req.samples:
+                self._first_alloc.pop(sample.seq.seq_id, None)
             out = self.engine.release(rid)
             self.engine.requests.pop(rid, None)  # an aborted request is forgotten too
         else:
             out = RequestOutput(rid, [], [])
         if self.metrics is not None:
             self.metrics.prompt_tokens.inc(len(out.prompt_token_ids))
-        handle.push(_Done(out, cached))
+        handle.push(_Done(out, handle.cached_tokens or 0))
 
     def _update_gauges(self) -> None:
         if self.metrics is None:
