@@ -77,7 +77,7 @@ def test_chat_streams_stops_and_starts_over(slow_server, browser, tmp_path):
     page.fill("#input", "Tell me a long story")
     page.press("#input", "Enter")
     sync_api.expect(page.locator("#stop")).to_be_enabled()
-    page.wait_for_function("document.querySelectorAll('.msg.assistant')[1].innerText.length > 15")
+    page.wait_for_function("Number(document.querySelectorAll('.msg.assistant')[1].dataset.chars) > 15")
     page.screenshot(path=str(tmp_path / "chat-streaming.png"), full_page=True)
     page.click("#stop")
     sync_api.expect(page.locator("#status")).to_contain_text("stopped", timeout=10_000)
