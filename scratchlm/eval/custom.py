@@ -203,8 +203,9 @@ def text_prompt(spec: TaskSpec, item: Item) -> str:
 
 
 def mc_examples(spec: TaskSpec, limit: int | None = None) -> list[MCExample]:
+    d = spec.target_delimiter
     return [
-        MCExample(text_prompt(spec, it), [spec.target_delimiter + c for c in it.choices], it.gold, "", {"id": it.row})
+        MCExample(text_prompt(spec, it), [d + c for c in it.choices], it.gold, "", {"id": it.row}, d)
         for it in items(spec, limit)
     ]
 

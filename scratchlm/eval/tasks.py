@@ -7,7 +7,9 @@ A multiple-choice example is a context, a list of choices (continuations) and th
 Metrics (the definitions lm-evaluation-harness uses):
 - `acc`: the choice with the highest summed log-probability is the gold one;
 - `acc_norm`: the same with each sum divided by the choice's length in UTF-8 bytes (per byte, not per
-  token, so the figure does not depend on the tokenizer);
+  token, so the figure does not depend on the tokenizer), counting the choice's text without the
+  target delimiter before it (" Paris" counts 5 bytes): lm-eval's `acc_norm` divides by the characters
+  of that same text and its `acc_bytes` by its bytes, so the three agree on ASCII choices;
 - standard error of a mean of 0/1 scores: sqrt(p (1 - p) / (n - 1)), the sample standard error.
 
 Few-shot prompts: `fewshot` examples rendered with their gold answer, joined by `fewshot_delimiter`
@@ -41,6 +43,7 @@ class MCExample:
     gold: int
     group: str = ""
     meta: dict = field(default_factory=dict)
+    target_delimiter: str = " "  # the prefix each choice carries; not counted in acc_norm's length
 
     def check(self, where: str) -> MCExample:
         if len(self.choices) < 2:
@@ -60,10 +63,11 @@ def stderr_of_mean(values: list[float]) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
-def score_choices(loglikelihoods: list[float], choices: list[str], gold: int) -> dict:
-    """acc and acc_norm (per byte) of one example from its choices' log-likelihoods."""
+def score_choices(loglikelihoods: list[float], choices: list[str], gold: int, delimiter: str = "") -> dict:
+    """acc and acc_norm (per byte of each choice without its leading `delimiter`) of one example."""
     best = max(range(len(choices)), key=lambda i: loglikelihoods[i])
-    per_byte = [ll / max(1, len(c.encode("utf-8"))) for ll, c in zip(loglikelihoods, choices)]
+    texts = [c[len(delimiter) :] if delimiter and c.startswith(delimiter) else c for c in choices]
+    per_byte = [ll / max(1, len(c.encode("utf-8"))) for ll, c in zip(loglikelihoods, texts)]
     best_norm = max(range(len(choices)), key=lambda i: per_byte[i])
     return {"acc": float(best == gold), "acc_norm": float(best_norm == gold), "pred": best}
 
@@ -76,7 +80,7 @@ def evaluate_mc(scorer, examples: list[MCExample], progress=None) -> tuple[dict,
     for ex in examples:
         lls = results[i : i + len(ex.choices)]
         i += len(ex.choices)
-        s = score_choices([ll for ll, _ in lls], ex.choices, ex.gold)
+        s = score_choices([ll for ll, _ in lls], ex.choices, ex.gold, ex.target_delimiter)
         records.append(
             {
                 "group": ex.group,
@@ -141,7 +145,9 @@ def mc_from_row(row: dict, where: str, target_delimiter: str = " ") -> MCExample
             raise ScratchLMError(f"{where}: answer {answer!r} is not one of the choices")
         answer = choices.index(answer)
     context = row["context"] if "context" in row else f"Question: {row['question']}\nAnswer:"
-    return MCExample(context, [target_delimiter + c for c in choices], int(answer), row.get("group", "")).check(where)
+    ex = MCExample(context, [target_delimiter + c for c in choices], int(answer), row.get("group", ""))
+    ex.target_delimiter = target_delimiter
+    return ex.check(where)
 
 
 def jsonl_mc_task(

@@ -158,3 +158,17 @@ def test_bad_input(server, tmp_path):
     bad.write_text(json.dumps({**ARC_ROWS[0], "answerKey": "E"}) + "\n")
     with pytest.raises(ScratchLMError, match="answerKey 'E'"):
         mc_tasks.convert_file("arc_easy", bad)
+
+
+def test_acc_norm_counts_the_choice_without_its_delimiter():
+    """lm-eval's acc_norm/acc_bytes divide by the length of the choice text, not of " " + text."""
+    from scratchlm.eval.tasks import MCExample, evaluate_mc
+
+    class Fixed:  # a scorer returning fixed log-likelihoods
+        def loglikelihood(self, pairs, progress=None):
+            return [(-2.0, False), (-3.5, False)]
+
+    ex = MCExample("ctx", [" ab", " abcd"], 1)
+    # -2/2 = -1.0 vs -3.5/4 = -0.875 -> choice 1 (with the space counted: -2/3 > -3.5/5 -> choice 0)
+    metrics, records = evaluate_mc(Fixed(), [ex])
+    assert records[0]["acc"] == 0.0 and records[0]["acc_norm"] == 1.0
