@@ -2,6 +2,8 @@
 
 scratchlm eval run --model smollm2-135m-instruct --tasks mmlu,gsm8k,bpb:owt_mini --out evals/smol --limit 5
 scratchlm eval compare evals/smol evals/mine
+scratchlm eval download hellaswag --out data/hellaswag_val.jsonl     # then --tasks mc:data/hellaswag_val.jsonl
+scratchlm eval convert piqa valid.jsonl --labels valid-labels.lst --out data/piqa_val.jsonl
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ def register(sub) -> None:
 
     r = verbs.add_parser("run", help="score a model on tasks; write results.json, report.md, plots")
     r.add_argument("--model", required=True, help="run directory, model directory, .gguf or pretrained name")
-    r.add_argument("--tasks", required=True, help="comma-separated: mmlu[:subj+subj], gsm8k, bpb:FILE, mc:FILE.jsonl")
+    r.add_argument(
+        "--tasks",
+        required=True,
+        help="comma-separated: mmlu[:subj+subj], gsm8k, bpb:FILE, mc:FILE.jsonl, task:FILE.toml",
+    )
     r.add_argument("--out", required=True, help="output directory (rerun with the same one to resume)")
     r.add_argument("--limit", type=int, default=None, help="examples per task (per subject for MMLU)")
     r.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: 5 for mmlu/gsm8k)")
@@ -34,6 +40,22 @@ def register(sub) -> None:
     r.add_argument("--mmlu-split", default="val")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=run)
+
+    from scratchlm.eval.mc_tasks import CONVERTERS, SOURCES
+
+    d = verbs.add_parser("download", help="download HellaSwag/ARC/PIQA as a multiple-choice JSONL (needs internet)")
+    d.add_argument("task", choices=sorted(SOURCES))
+    d.add_argument("--split", default="validation", help="validation (default), train, or test (ARC only)")
+    d.add_argument("--out", required=True, help="the JSONL to write (then --tasks mc:OUT)")
+    d.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    d.set_defaults(func=download)
+
+    v = verbs.add_parser("convert", help="convert a local HellaSwag/ARC/PIQA file to the multiple-choice JSONL")
+    v.add_argument("task", choices=sorted(CONVERTERS))
+    v.add_argument("file", help="the published file (JSONL)")
+    v.add_argument("--labels", default=None, help="PIQA: its -labels.lst file")
+    v.add_argument("--out", required=True)
+    v.set_defaults(func=convert)
 
     c = verbs.add_parser("compare", help="several result directories side by side (Markdown)")
     c.add_argument("dirs", nargs="+")
@@ -78,4 +100,21 @@ def compare(args: argparse.Namespace) -> int:
         with atomic_write(args.out, "w", encoding="utf-8") as f:
             f.write(text)
     print(text)
+    return 0
+
+
+def download(args: argparse.Namespace) -> int:
+    from scratchlm.eval.mc_tasks import download as fetch
+
+    records = fetch(args.task, args.split, args.out, args.limit)
+    print(f"{args.task} {args.split}: {len(records)} examples -> {args.out}")
+    return 0
+
+
+def convert(args: argparse.Namespace) -> int:
+    from scratchlm.eval.mc_tasks import convert_file, write_mc_jsonl
+
+    records = convert_file(args.task, args.file, args.labels)
+    write_mc_jsonl(records, args.out)
+    print(f"{args.task}: {len(records)} examples -> {args.out}")
     return 0

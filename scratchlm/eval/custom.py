@@ -226,11 +226,10 @@ def gen_score(metric: str, output: str, gold: str) -> float:
     return float(want is not None and _number(output) == want)
 
 
-def generate(llm, chat, spec: TaskSpec, limit: int | None = None) -> tuple[dict, list[dict]]:
-    """Greedy generation through the inference engine; returns (metrics, per-example records)."""
+def generate(llm, chat, spec: TaskSpec, its: list[Item]) -> list[dict]:
+    """Greedy generation through the inference engine for `its`; returns per-example records."""
     from scratchlm.infer.sampling import SamplingParams
 
-    its = items(spec, limit)
     prompts = []
     for it in its:
         if spec.chat:
@@ -241,21 +240,23 @@ def generate(llm, chat, spec: TaskSpec, limit: int | None = None) -> tuple[dict,
         else:
             prompts.append(text_prompt(spec, it))
     params = SamplingParams(temperature=0, max_tokens=spec.max_tokens, stop=spec.stop)
-    outputs = llm.generate(prompts, params)
     records = []
-    for it, out in zip(its, outputs):
+    for it, out in zip(its, llm.generate(prompts, params) if prompts else []):
         text = out.outputs[0].text
         records.append(
             {"id": it.row, "target": it.gold, "output": text, spec.metric: gen_score(spec.metric, text, it.gold)}
         )
-    vals = [r[spec.metric] for r in records]
-    metrics = {
+    return records
+
+
+def summarise(records: list[dict], metric: str) -> dict:
+    vals = [r[metric] for r in records]
+    return {
         "n": len(records),
-        spec.metric: sum(vals) / len(vals),
-        f"{spec.metric}_stderr": stderr_of_mean(vals),
-        "metric": spec.metric,
+        metric: sum(vals) / len(vals) if vals else float("nan"),
+        f"{metric}_stderr": stderr_of_mean(vals),
+        "metric": metric,
     }
-    return metrics, records
 
 
 def evaluate(spec: TaskSpec, model, chat, scorer=None, llm=None, limit: int | None = None) -> tuple[dict, list[dict]]:
@@ -271,4 +272,5 @@ def evaluate(spec: TaskSpec, model, chat, scorer=None, llm=None, limit: int | No
         from scratchlm.infer.engine import LLM
 
         llm = LLM(model, chat)
-    return generate(llm, chat, spec, limit)
+    records = generate(llm, chat, spec, items(spec, limit))
+    return summarise(records, spec.metric), records

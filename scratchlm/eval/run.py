@@ -7,7 +7,9 @@ Task specs (comma-separated on the command line):
     gsm8k                GSM8K, 5-shot (chat template with --chat), greedy, exact match (see gsm8k.py)
     bpb:FILE             bits per byte of a text file (sliding window, see bpb.py); FILE may be a
                          name under the shared data texts (owt_mini, tinystories_val, tinyshakespeare)
-    mc:FILE.jsonl        a user's multiple-choice task (see tasks.py)
+    mc:FILE.jsonl        a user's multiple-choice task (see tasks.py); HellaSwag/ARC/PIQA files
+                         converted by `scratchlm eval download` / `convert` (mc_tasks.py)
+    task:FILE.toml       a custom task described in TOML: multiple choice or generation (custom.py)
 
 Resume: every finished example is appended to `OUT/cache/<task>.jsonl` (keyed by a hash of its
 prompt and choices), so an interrupted run restarted with the same --out scores only what is
@@ -36,7 +38,7 @@ TEXTS = {
     "tinystories_val": "text/tinystories_val.txt",
     "tinyshakespeare": "text/tinyshakespeare.txt",
 }
-KINDS = ("mmlu", "gsm8k", "bpb", "mc")
+KINDS = ("mmlu", "gsm8k", "bpb", "mc", "task")
 
 
 @dataclass
@@ -65,8 +67,10 @@ def parse_tasks(spec: str) -> list[tuple[str, str]]:
             continue
         kind, _, arg = item.partition(":")
         if kind not in KINDS:
-            raise ScratchLMError(f"unknown task {item!r}: expected one of mmlu, gsm8k, bpb:FILE, mc:FILE.jsonl")
-        if kind in ("bpb", "mc") and not arg:
+            raise ScratchLMError(
+                f"unknown task {item!r}: expected one of mmlu, gsm8k, bpb:FILE, mc:FILE.jsonl, task:FILE.toml"
+            )
+        if kind in ("bpb", "mc", "task") and not arg:
             raise ScratchLMError(f"task {kind!r} needs a file: {kind}:FILE")
         out.append((kind, arg))
     if not out:
@@ -154,6 +158,22 @@ def run_gsm8k(llm, chat, examples, cache: ResultCache, settings: Settings) -> tu
     return gsm8k.summarise(records), records
 
 
+def run_custom_generate(llm, chat, spec, cache: ResultCache, settings: Settings, name: str):
+    from scratchlm.eval import custom
+
+    its = custom.items(spec, settings.limit)
+    keyed = [(key_of(custom.text_prompt(spec, it), spec.chat, spec.max_tokens, spec.stop), it) for it in its]
+    todo = [(k, it) for k, it in keyed if k not in cache.records]
+    with progress_bar(settings.progress, total=len(todo), desc=name, unit="ex") as bar:
+        for lo in range(0, len(todo), settings.chunk):
+            part = todo[lo : lo + settings.chunk]
+            recs = custom.generate(llm, chat, spec, [it for _, it in part])
+            cache.add([{"key": k, **r} for (k, _), r in zip(part, recs)])
+            bar.update(len(part))
+    records = [cache.records[k] for k, _ in keyed]
+    return custom.summarise(records, spec.metric), records
+
+
 def evaluate(model_spec: str, tasks: str, out: str | Path, settings: Settings | None = None) -> dict:
     """Run `tasks` on the model `model_spec` and write OUT/results.json, OUT/report.md and plots."""
     import torch
@@ -172,6 +192,10 @@ def evaluate(model_spec: str, tasks: str, out: str | Path, settings: Settings | 
             text_file(arg)
         if kind == "mc" and not Path(arg).is_file():
             raise ScratchLMError(f"task file not found: {arg}")
+        if kind == "task":
+            from scratchlm.eval import custom
+
+            custom.items(custom.load_spec(arg), settings.limit)  # the TOML and every row, checked now
     model, chat = load_model(model_spec)
     model.eval()
     results = {
@@ -202,6 +226,21 @@ def evaluate(model_spec: str, tasks: str, out: str | Path, settings: Settings | 
                 examples = jsonl_mc_task(arg, settings.limit, shots, settings.seed)
             metrics, records = run_mc(scorer, examples, cache, settings, name)
             metrics["metric"] = "acc"
+        elif kind == "task":
+            from scratchlm.eval import custom
+
+            spec = custom.load_spec(arg)
+            shots = spec.num_fewshot
+            if spec.kind == "multiple_choice":
+                from scratchlm.eval.loglik import Scorer
+
+                scorer = scorer or Scorer(model, chat, settings.batch_size, truncate=settings.truncate)
+                metrics, records = run_mc(scorer, custom.mc_examples(spec, settings.limit), cache, settings, name)
+                metrics["metric"] = spec.metric
+            else:
+                from scratchlm.infer.engine import LLM
+
+                metrics, records = run_custom_generate(LLM(model, chat), chat, spec, cache, settings, name)
         elif kind == "gsm8k":
             from scratchlm.eval import gsm8k
             from scratchlm.infer.engine import LLM

@@ -138,3 +138,59 @@ def test_bad_rows(tmp_path):
         custom.mc_examples(custom.load_spec(tmp_path / "capitals.toml"))
     with pytest.raises(ScratchLMError, match="task file not found"):
         custom.load_spec(tmp_path / "nope.toml")
+
+
+def test_cli_custom_tasks_resume_and_convert(setup, tmp_path, capsys):
+    from scratchlm.cli import main
+    from scratchlm.model.model_dir import save_model_dir
+
+    model, chat = setup
+    mdir = save_model_dir(model, chat, tmp_path / "model")
+    mc = write_task(tmp_path, MC_TOML.replace("num_fewshot = 2", "num_fewshot = 1"), name="cap")
+    (tmp_path / "gen.jsonl").write_text(
+        "".join(json.dumps({"q": f"{i} plus one", "a": str(i + 1)}) + "\n" for i in range(3))
+    )
+    gen = tmp_path / "gen.toml"
+    gen.write_text(
+        'kind = "generate"\ndata = "gen.jsonl"\nprompt = "{q} is"\nanswer = "a"\nmax_tokens = 4\nmetric = "number"\n'
+    )
+    piqa = tmp_path / "valid.jsonl"
+    piqa.write_text(
+        json.dumps({"goal": "open a jar", "sol1": "twist the lid", "sol2": "shout at it", "label": 0}) + "\n"
+    )
+    conv = tmp_path / "piqa.jsonl"
+    assert main(["eval", "convert", "piqa", str(piqa), "--out", str(conv)]) == 0
+    out = tmp_path / "out"
+    args = [
+        "eval",
+        "run",
+        "--model",
+        str(mdir),
+        "--tasks",
+        f"task:{mc},task:{gen},mc:{conv}",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    res = json.loads((out / "results.json").read_text())["tasks"]
+    assert res["task_cap"]["n"] == 4 and res["task_cap"]["metric"] == "acc" and res["task_cap"]["num_fewshot"] == 1
+    assert res["task_gen"]["n"] == 3 and res["task_gen"]["metric"] == "number"
+    assert res["mc_piqa"]["n"] == 1
+    assert "| task_gen | number |" in (out / "report.md").read_text()
+    # resume: generation records come back from the cache (an edited one shows it was read, not regenerated)
+    cache = out / "cache" / "task_gen.jsonl"
+    lines = [json.loads(x) for x in cache.read_text().splitlines()]
+    lines[0]["number"] = 1.0 - lines[0]["number"]
+    cache.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert main(args) == 0
+    res2 = json.loads((out / "results.json").read_text())["tasks"]
+    assert res2["task_gen"]["number"] == pytest.approx(res["task_gen"]["number"] + (lines[0]["number"] * 2 - 1) / 3)
+    capsys.readouterr()
+    (tmp_path / "bad.toml").write_text(MC_TOML + "shots = 3\n")
+    assert (
+        main(["eval", "run", "--model", str(mdir), "--tasks", f"task:{tmp_path / 'bad.toml'}", "--out", str(out)]) == 1
+    )
+    assert "unknown key 'shots'" in capsys.readouterr().err
+    assert main(["eval", "run", "--model", str(mdir), "--tasks", "task:", "--out", str(out)]) == 1
+    assert "needs a file" in capsys.readouterr().err
