@@ -39,6 +39,11 @@ def register(sub) -> None:
     r.add_argument("--stride", type=int, default=None, help="bpb stride (default: disjoint windows)")
     r.add_argument("--mmlu-split", default="val")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument(
+        "--checkpoints",
+        action="store_true",
+        help="--model is a training run: score every saved checkpoint, plot the scores next to its validation curves",
+    )
     r.set_defaults(func=run)
 
     from scratchlm.eval.mc_tasks import CONVERTERS, SOURCES
@@ -84,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
         mmlu_split=args.mmlu_split,
         progress=not args.no_progress,
     )
+    if args.checkpoints:
+        from scratchlm.eval.checkpoints import evaluate_checkpoints, table
+
+        print(table(evaluate_checkpoints(args.model, args.tasks, args.out, settings)))
+        return 0
     results = evaluate(args.model, args.tasks, args.out, settings)
     from scratchlm.eval.report import card
 

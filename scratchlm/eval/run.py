@@ -174,8 +174,11 @@ def run_custom_generate(llm, chat, spec, cache: ResultCache, settings: Settings,
     return custom.summarise(records, spec.metric), records
 
 
-def evaluate(model_spec: str, tasks: str, out: str | Path, settings: Settings | None = None) -> dict:
-    """Run `tasks` on the model `model_spec` and write OUT/results.json, OUT/report.md and plots."""
+def evaluate(
+    model_spec: str, tasks: str, out: str | Path, settings: Settings | None = None, loaded: tuple | None = None
+) -> dict:
+    """Run `tasks` on the model `model_spec` and write OUT/results.json, OUT/report.md and plots.
+    `loaded`: an already loaded (model, chat), `model_spec` then only names it (checkpoints.py)."""
     import torch
 
     from scratchlm.eval import report
@@ -196,7 +199,7 @@ def evaluate(model_spec: str, tasks: str, out: str | Path, settings: Settings | 
             from scratchlm.eval import custom
 
             custom.items(custom.load_spec(arg), settings.limit)  # the TOML and every row, checked now
-    model, chat = load_model(model_spec)
+    model, chat = loaded if loaded is not None else load_model(model_spec)
     model.eval()
     results = {
         "model": model_spec,
