@@ -32,6 +32,9 @@ from __future__ import annotations
 
 import logging
 
+# lm-eval fills its model registry with its own backends only while the registry is empty; registering
+# "scratchlm" first would hide "hf" and the rest from every later `simple_evaluate(model="hf")`.
+import lm_eval.models  # noqa: F401
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
