@@ -163,6 +163,8 @@ class BlockManager:
         seq.block_table = hits + [self._take() for _ in range(need)]
         seq.num_cached_tokens = seq.num_computed_tokens = len(hits) * self.block_size
         seq.num_registered_blocks = len(hits)
+        if seq.num_prompt_cached_tokens < 0:
+            seq.num_prompt_cached_tokens = min(seq.num_cached_tokens, seq.num_prompt_tokens)
         self.hit_tokens += seq.num_cached_tokens
         self.queried_tokens += len(seq)
 

@@ -72,6 +72,7 @@ class RequestOutput:
     request_id: str
     prompt_token_ids: list[int]
     outputs: list[Completion]
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache (OpenAI's usage.cached_tokens)
 
     @property
     def finished(self) -> bool:
@@ -196,7 +197,10 @@ class Engine:
 
     def output(self, request_id: str) -> RequestOutput:
         req = self.requests[request_id]
-        return RequestOutput(request_id, req.prompt_ids, [s.completion for s in req.samples])
+        # the prompt is computed once for all n samples (the later ones share its blocks): sample 0, admitted
+        # first, tells whether the prompt came from the cache
+        cached = max(req.samples[0].seq.num_prompt_cached_tokens, 0)
+        return RequestOutput(request_id, req.prompt_ids, [s.completion for s in req.samples], cached)
 
     def release(self, request_id: str) -> RequestOutput:
         """The request's output, forgetting it (a server calls this once a request is done)."""

@@ -36,6 +36,9 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     block_table: list[int] = field(default_factory=list)  # physical KV block of each logical block; -1 = released
     num_cached_tokens: int = 0  # served from the prefix cache at allocation
+    # prompt tokens the first allocation found in the prefix cache (-1: not allocated yet); kept after the
+    # sequence finishes or is preempted, for usage reports
+    num_prompt_cached_tokens: int = -1
     num_computed_tokens: int = 0  # tokens whose keys/values are in the cache
     finish_reason: str | None = None  # "stop" | "length" | "abort" once FINISHED
     # Block manager bookkeeping: the chained hash of each full block computed so far (a function of the

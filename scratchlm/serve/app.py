@@ -324,7 +324,8 @@ def create_app(model, chat, config: ServeConfig | None = None, model_name: str =
         return {"status": "ok", "model": srv.model_name, "active_requests": srv.loop.num_active}
 
     @app.get("/metrics")
-    async def metrics():
+    async def metrics(request: Request):
+        srv.check_auth(request)  # request and token counts are the operator's business; /health stays open
         return Response(srv.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
@@ -340,14 +341,18 @@ def create_app(model, chat, config: ServeConfig | None = None, model_name: str =
                            code="model_not_found")  # fmt: skip
         return _model_card(srv)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
+    async def begin(request: Request) -> tuple[dict, bool, bool]:
+        """What both completion endpoints check first: key, JSON body, model; then (body, stream, usage in stream)."""
         srv.check_auth(request)
         body = await srv.read_json(request)
         srv.check_model(body)
         stream = _get(body, "stream", "bool", False)
         opts = body.get("stream_options")
-        include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        return body, stream, isinstance(opts, dict) and opts.get("include_usage") is True
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body, stream, include_usage = await begin(request)
         ids = srv.chat_prompt(body)
         params = srv.sampling_params(body, len(ids), chat=True)
         srv.check_capacity()
@@ -359,12 +364,7 @@ def create_app(model, chat, config: ServeConfig | None = None, model_name: str =
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        srv.check_auth(request)
-        body = await srv.read_json(request)
-        srv.check_model(body)
-        stream = _get(body, "stream", "bool", False)
-        opts = body.get("stream_options")
-        include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        body, stream, include_usage = await begin(request)
         if body.get("echo"):
             raise APIError(400, "'echo' is not supported", "echo")
         if body.get("suffix"):
@@ -478,7 +478,7 @@ async def _collect(srv, request, handles, params, rid, chat: bool) -> JSONRespon
     for k, h in enumerate(handles):
         out = h.output
         prompt_tokens += len(out.prompt_token_ids)
-        cached += h.cached_tokens or 0
+        cached += h.cached_tokens
         for c in out.outputs:
             completion_tokens += len(c.token_ids)
             index = k * params.n + c.index
@@ -551,7 +551,7 @@ def _stream(srv, request, handles, params, rid, obj: str, include_usage: bool) -
         if include_usage:
             prompt_tokens = sum(len(h.output.prompt_token_ids) for h in handles)
             completion_tokens = sum(len(c.token_ids) for h in handles for c in h.output.outputs)
-            cached = sum(h.cached_tokens or 0 for h in handles)
+            cached = sum(h.cached_tokens for h in handles)
             yield chunk([], _usage(prompt_tokens, completion_tokens, cached))
         yield "data: [DONE]\n\n"
 

@@ -44,7 +44,6 @@ class StreamEvent:
 @dataclass
 class _Done:
     output: RequestOutput
-    cached_tokens: int
 
 
 class RequestHandle:
@@ -54,7 +53,6 @@ class RequestHandle:
         self.loop, self.request_id, self._aloop = loop, rid, aloop
         self.queue: asyncio.Queue = asyncio.Queue()
         self.output: RequestOutput | None = None
-        self.cached_tokens: int | None = None  # set by the engine thread at the first allocation
         self.submitted = submitted
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
@@ -72,6 +70,11 @@ class RequestHandle:
             return None
         return item
 
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens served from the prefix cache (known once the request is done)."""
+        return self.output.num_cached_tokens if self.output is not None else 0
+
     def abort(self) -> None:
         if self.output is None:
             self.loop.abort(self.request_id)
@@ -86,19 +89,6 @@ class EngineLoop:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.error: BaseException | None = None  # what killed the engine thread, if anything
-        # prompt tokens found in the prefix cache, read when a request's first sequence gets its blocks (the
-        # block manager zeroes seq.num_cached_tokens when a sequence finishes): the instance's allocate, wrapped
-        self._first_alloc: dict[int, RequestHandle] = {}  # seq_id -> handle still waiting for its first blocks
-        allocate = engine.blocks.allocate
-
-        def allocate_and_note(seq, *args, **kwargs):
-            out = allocate(seq, *args, **kwargs)
-            handle = self._first_alloc.pop(seq.seq_id, None)
-            if handle is not None and handle.cached_tokens is None:
-                handle.cached_tokens = seq.num_cached_tokens
-            return out
-
-        engine.blocks.allocate = allocate_and_note
 
     # ------------------------------------------------------------------ asyncio side
     @property
@@ -167,8 +157,6 @@ class EngineLoop:
                 fut.set_exception(e)
                 return
             self._handles[handle.request_id] = handle
-            for sample in self.engine.requests[handle.request_id].samples:
-                self._first_alloc[sample.seq.seq_id] = handle
             fut.set_result(handle.request_id)
         elif cmd[0] == "abort":
             rid = cmd[1]
@@ -212,15 +200,13 @@ class EngineLoop:
         handle = self._handles.pop(rid)
         req = self.engine.requests.get(rid)
         if req is not None:
-            for sample in req.samples:
-                self._first_alloc.pop(sample.seq.seq_id, None)
             out = self.engine.release(rid)
             self.engine.requests.pop(rid, None)  # an aborted request is forgotten too
         else:
             out = RequestOutput(rid, [], [])
         if self.metrics is not None:
             self.metrics.prompt_tokens.inc(len(out.prompt_token_ids))
-        handle.push(_Done(out, handle.cached_tokens or 0))
+        handle.push(_Done(out))
 
     def _update_gauges(self) -> None:
         if self.metrics is None:

@@ -99,6 +99,10 @@ def test_prefix_caching_reuses_blocks(model):
     while engine.has_unfinished():
         engine.step()
     assert engine.output(first).outputs[0].token_ids == engine.output(second).outputs[0].token_ids
+    # usage: the first request computed its prompt, the second found 16 of its 20 tokens (4 full blocks)
+    # cached; the count survives the sequence's release, which zeroes seq.num_cached_tokens
+    assert engine.release(first).num_cached_tokens == 0
+    assert seq.num_cached_tokens == 0 and engine.release(second).num_cached_tokens == 16
 
 
 def test_seeded_sampling_does_not_depend_on_the_batch(model):
@@ -116,6 +120,7 @@ def test_n_samples_share_the_prompt(model):
     llm = LLM(model, num_blocks=64, block_size=4)
     out = llm.generate([list(range(3, 20))], SamplingParams(temperature=1.0, seed=0, n=3, max_tokens=6))[0]
     assert len(out.outputs) == 3 and len({tuple(c.token_ids) for c in out.outputs}) > 1
+    assert out.num_cached_tokens == 0  # the prompt was computed once, for sample 0; the others share it
 
 
 def test_stops_and_abort(model):

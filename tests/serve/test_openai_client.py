@@ -204,6 +204,10 @@ def test_limits_api_key_and_queue():
             wrong.models.list()
         assert httpx.post(s.url + "/v1/completions", json={"prompt": "x"}).status_code == 401  # no key at all
         assert httpx.get(s.url + "/v1/models", headers={"Authorization": "Basic s3cret"}).status_code == 401
+        # monitoring: /metrics needs the key too, /health and the chat page (which asks for the key) do not
+        assert httpx.get(s.url + "/metrics").status_code == 401
+        assert httpx.get(s.url + "/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert httpx.get(s.url + "/health").status_code == 200 and httpx.get(s.url + "/").status_code == 200
         ok = openai.OpenAI(base_url=s.url + "/v1", api_key="s3cret", max_retries=0)
         assert ok.models.list().data[0].id == "tiny"
         r = httpx.post(s.url + "/v1/completions", headers={"Authorization": "Bearer s3cret"},

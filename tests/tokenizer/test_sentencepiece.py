@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from shared_data import shared_file
 
@@ -139,6 +139,7 @@ def test_small_equals_reference(small, small_reference, text):
 @given(st.lists(st.sampled_from(list("abcehintx<>/ ▁é")), max_size=40).map("".join))
 def test_cached_pieces_merge_as_the_whole(small, text):
     """Cutting the text before a space for the cache never changes the ids: equal to merging the text in one go."""
+    assume(not any(t in text for t in small.special_tokens))  # e.g. "<b>" is a control token, not merged
     assert small.encode(text) == list(small._bpe(text.replace(" ", "\u2581")))
 
 
