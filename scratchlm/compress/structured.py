@@ -91,6 +91,21 @@ def check_calibration(model: nn.Module, tokens: Tensor) -> None:
         raise InvalidArgument(f"calibration token ids must be in [0, {cfg.vocab_size}), the vocabulary")
 
 
+def calibration_tokens(ids, n: int, length: int) -> Tensor:
+    """(n, length) calibration batch: the first n * length of token ids `ids` (a list or 1-D tensor) in
+    consecutive non-overlapping rows. Minitron calibrates on 1024 samples; a few dozen rank SmolLM2's units
+    stably enough for a one-shot prune."""
+    if n < 1 or length < 2:
+        raise InvalidArgument(f"calibration needs n >= 1 sequences of length >= 2, got n={n}, length={length}")
+    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+    if len(ids) < n * length:
+        raise InvalidArgument(
+            f"calibration data has {len(ids)} tokens, fewer than the {n} x {length} = {n * length} asked: "
+            "give more text or fewer/shorter sequences"
+        )
+    return ids[: n * length].view(n, length)  # (N, T)
+
+
 # ---------------------------------------------------------------------------------------------- importance
 def batches(tokens: Tensor, batch_size: int, device: torch.device):
     for lo in range(0, len(tokens), batch_size):

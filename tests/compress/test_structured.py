@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from scratchlm.compress.structured import (
     Keep,
+    calibration_tokens,
     importance,
     plan,
     prune_structured,
@@ -263,6 +264,18 @@ def test_bad_targets(kw, match):
 def test_bad_calibration(tokens, match):
     with pytest.raises(InvalidArgument, match=match):
         importance(tiny(), tokens)
+
+
+def test_calibration_tokens():
+    ids = list(range(100))
+    batch = calibration_tokens(ids, 3, 10)
+    assert batch.shape == (3, 10) and batch.dtype == torch.long
+    assert batch[1].tolist() == list(range(10, 20))
+    assert torch.equal(calibration_tokens(torch.arange(100), 10, 10), torch.arange(100).view(10, 10))
+    with pytest.raises(InvalidArgument, match=r"has 100 tokens, fewer than the 11 x 10 = 110 asked"):
+        calibration_tokens(ids, 11, 10)
+    with pytest.raises(InvalidArgument, match="length >= 2"):
+        calibration_tokens(ids, 4, 1)
 
 
 def test_unsupported_models_and_bad_plans():
