@@ -45,11 +45,34 @@ class ScheduleConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Logit distillation (`loss = "distill"`, train/distill.py): the student learns a teacher's next-token
+    distributions as well as the next tokens. The teacher must share the student's tokenizer."""
+
+    teacher: str = ""  # teacher: a pretrained name, model directory or run directory (e.g. smollm2-135m-instruct)
+    kind: Literal["forward", "reverse", "mix"] = "forward"  # KL(teacher||student), KL(student||teacher), or a mix
+    temperature: float = 1.0  # soft targets softmax(z / temperature) of both models; the KD term is x temperature^2
+    alpha: float = 0.5  # loss = alpha * KD + (1 - alpha) * next-token cross-entropy
+    beta: float = 0.5  # kind = "mix": (1 - beta) * forward KL + beta * reverse KL
+    topk_cache: str = ""  # teacher top-k cache of data.train (`write_topk_cache`); "" = run the teacher every step
+
+    def validate(self) -> None:
+        if not self.temperature > 0:
+            raise ScratchLMError(f"invalid train config: distill.temperature must be > 0, got {self.temperature}")
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ScratchLMError(f"invalid train config: distill.{name} must be in [0, 1], got {value}")
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: Literal["", "lm", "fused_lm", "distill"] = ""  # "" = lm (fused_lm with model.fused_loss); losses.py
+    distill: DistillConfig = field(default_factory=DistillConfig)  # used by loss = "distill"
     out_dir: str = "runs/run"  # run directory: config, metrics.jsonl, checkpoints, plots
     seed: int = 0
     steps: int = 1000  # optimizer steps
@@ -117,6 +140,10 @@ class TrainConfig:
             bad(f"schedule.decay_fraction must be in (0, 1], got {self.schedule.decay_fraction}")
         if self.model.fused_loss and o.z_loss:
             bad("optim.z_loss needs the logits, which model.fused_loss never builds: use one of them")
+        if self.loss == "distill" and not (self.distill.teacher or self.distill.topk_cache):
+            bad("loss = distill needs distill.teacher (a model name or directory) or distill.topk_cache")
+        if self.loss == "distill" and self.model.fused_loss:
+            bad("loss = distill reads the student's logits, which model.fused_loss never builds: use one of them")
         if not 0 <= self.sample_tokens < self.model.context_length:
             ctx = self.model.context_length
             bad(f"sample_tokens must be in [0, model.context_length={ctx}), got {self.sample_tokens}")

@@ -134,12 +134,20 @@ class FusedLMLoss:
 TRAIN_LOSSES: dict[str, Callable[[TrainConfig], LossFn]] = {
     "lm": lambda cfg: LMLoss(cfg.optim.z_loss, ops=cfg.model.ops),
     "fused_lm": lambda cfg: FusedLMLoss(),
+    "distill": lambda cfg: _distill_loss(cfg),  # logit distillation from cfg.distill (train/distill.py)
 }
 
 
+def _distill_loss(cfg: TrainConfig) -> LossFn:
+    from scratchlm.train.distill import DistillLoss  # imported on use: distill.py imports this module
+
+    return DistillLoss.from_config(cfg)
+
+
 def build_loss(cfg: TrainConfig, name: str | None = None) -> LossFn:
-    """The pretraining LossFn of `cfg`: "fused_lm" when `model.fused_loss`, else "lm" (with `optim.z_loss`)."""
-    name = name or ("fused_lm" if cfg.model.fused_loss else "lm")
+    """The LossFn of `cfg`: `name`, else `cfg.loss`, else "fused_lm" when `model.fused_loss`, else "lm" (with
+    `optim.z_loss`)."""
+    name = name or cfg.loss or ("fused_lm" if cfg.model.fused_loss else "lm")
     if name not in TRAIN_LOSSES:
         raise ScratchLMError(f"unknown loss {name!r}: expected one of {', '.join(TRAIN_LOSSES)}")
     return TRAIN_LOSSES[name](cfg)

@@ -126,6 +126,8 @@ class Trainer:
 
     def _setup(self, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
         mesh = self.mesh
+        # the loss first: a distillation teacher or cache that does not fit the run fails before any run file
+        self.loss_fn = build_loss(cfg)
         self.run_dir = prepare_run_dir(cfg, resume, overwrite) if mesh.main else Path(cfg.out_dir)
         train_data, valid, tokenizer = open_data(cfg, *self._data)
         # One draw per optimizer step of dp x batch_size x grad_accum windows, fixed by (seed, step): this
@@ -151,7 +153,6 @@ class Trainer:
             with atomic_write(self.run_dir / "config.toml", "w", encoding="utf-8") as f:
                 f.write(to_toml(cfg))
 
-        self.loss_fn = build_loss(cfg)
         self.scaler = torch.amp.GradScaler(mesh.device.type, enabled=cfg.precision == "fp16")
         self.grad_hook = functools.partial(gns.observe, list(model.parameters())) if gns else None
         self.metrics = MetricsLogger(self.run_dir, to_dict(cfg), cfg.wandb, cfg.tensorboard) if mesh.main else None
@@ -208,7 +209,10 @@ class Trainer:
     def run_step(self, step: int) -> StepResult:
         """Step `step` on this replica's rows of the step's draw; a non-finite loss stops the run."""
         cfg, device = self.cfg, self.mesh.device
+        index = self.state.loader.next_index
         xs, ys = self.state.loader.next()  # (batch_size * grad_accum, T)
+        if hasattr(self.loss_fn, "batch_targets"):  # distillation: targets + the inputs or the cached teacher top-k
+            ys = self.loss_fn.batch_targets(xs, ys, self.state.loader.starts(index))
         rows = [slice(m * cfg.batch_size, (m + 1) * cfg.batch_size) for m in range(cfg.grad_accum)]
         batches = [(xs[r].to(device), ys[r].to(device)) for r in rows]  # grad_accum x (B, T)
         result = train_step(
@@ -234,6 +238,7 @@ class Trainer:
         record.update(loss=result.loss, lr=result.lr, tokens_per_s=tps, mfu=mfu, cpu_s=round(time.process_time(), 3))
         if result.grad_norm is not None:
             record["grad_norm"] = result.grad_norm
+        record.update({k: float(v) for k, v in result.parts.items() if k not in record})  # the loss's parts (ce, kd)
         if self.state.noise_scale is not None:
             record.update(self.state.noise_scale.value())
         self.metrics.log(record)
