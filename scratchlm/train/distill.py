@@ -134,6 +134,18 @@ def rest_logmass(logprobs: Tensor, indices: Tensor) -> Tensor:
     return torch.logsumexp(outside, dim=-1)  # (...)
 
 
+def student_rest(q_top: Tensor, vocab: int) -> Tensor:
+    """log(1 - sum exp(q_top)): the student's mass outside the teacher's top k, q_top (..., k) log-probs.
+
+    From the k values alone (the V-wide alternative, `rest_logmass`, costs a (B, T, V) copy per step), in
+    float64 so the subtraction keeps ~1e-16 absolute precision; clamped to 1e-30 where rounding leaves
+    nothing. At k = V the bucket is empty by construction: LOG_ZERO, as the teacher's."""
+    if q_top.shape[-1] == vocab:
+        return torch.full_like(q_top[..., 0], LOG_ZERO)
+    rest = 1 - q_top.double().exp().sum(-1)  # (...)
+    return rest.clamp_min(1e-30).log().float()
+
+
 @torch.no_grad()
 def teacher_topk(teacher_logits: Tensor, k: int, temperature: float = 1.0) -> TopK:
     """The top `k` of softmax(teacher_logits / temperature), teacher_logits (..., V)."""
@@ -165,9 +177,11 @@ def topk_distill_loss(
             f"{tuple(student_logits.shape)}"
         )
     indices = topk.indices.long()
-    logq = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, T, V)
-    q_top = logq.gather(-1, indices)  # (B, T, k)
-    q_rest = rest_logmass(logq, indices)  # (B, T)
+    z = student_logits.float()  # (B, T, V)
+    z = z / temperature if temperature != 1 else z  # no V-wide copy (and its backward) at temperature 1
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, T, 1); no (B, T, V) log-softmax is kept
+    q_top = z.gather(-1, indices) - lse  # (B, T, k) the student's log-probs of the teacher's top k
+    q_rest = student_rest(q_top, vocab=z.shape[-1])  # (B, T)
     logq_b = torch.cat([q_top, q_rest.unsqueeze(-1)], dim=-1)  # (B, T, k + 1) buckets
     logp_b = torch.cat([topk.logprobs.float(), topk.rest.float().unsqueeze(-1)], dim=-1)  # (B, T, k + 1)
     return temperature**2 * masked_mean(divergence(logp_b, logq_b, kind, beta), targets, ignore_index)
