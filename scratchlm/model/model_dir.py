@@ -63,6 +63,7 @@ def save_model_dir(
                 "dtype": name,
                 "aliases": aliases,
                 "model": to_dict(model.config),
+                **({"quantization": model.quantization} if getattr(model, "quantization", None) else {}),
             },
         )
         write_json(tmp / "provenance.json", provenance or {})
@@ -112,15 +113,27 @@ def load_model_dir(path: str | os.PathLike, device: str = "cpu", dtype: torch.dt
         raise ScratchLMError(f"{weights} is not a readable safetensors file ({e})") from None
     for alias, name in (meta.get("aliases") or {}).items():
         sd[alias] = sd[name]
+    quant = meta.get("quantization")  # compress.quant: which linears are quantised, and how
     with torch.device("meta"):
-        expected = TransformerLM(cfg).state_dict()
+        skeleton = TransformerLM(cfg)
+        if quant:
+            from scratchlm.compress.quant import empty_quantized
+
+            empty_quantized(skeleton, quant)
+        expected = skeleton.state_dict()
     missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
     bad = [k for k in expected if k in sd and sd[k].shape != expected[k].shape]
     if missing or unexpected or bad:
         raise ScratchLMError(
             f"{weights} does not fit its config: missing {missing[:4]}, unexpected {unexpected[:4]}, shapes {bad[:4]}"
         )
-    model = TransformerLM.from_state_dict(cfg, sd, device)
+    if quant:
+        model = skeleton.to_empty(device=device)
+        model._tie()
+        model.init_buffers(device)
+        model.load_state_dict(sd, strict=True)
+    else:
+        model = TransformerLM.from_state_dict(cfg, sd, device)
     model.to(dtype=dtype or DTYPES.get(meta.get("dtype"), torch.float32))
     return model.eval(), ChatTokenizer.load(path)
 

@@ -81,7 +81,7 @@ class TransformerLM(nn.Module):
         return cfg.mla.rope_head_dim if cfg.attention == "mla" else cfg.dh
 
     def _tie(self) -> None:
-        if self.config.tie_embeddings:
+        if self.config.tie_embeddings and isinstance(self.head, nn.Linear):  # a quantised head stands alone
             self.head.weight = self.embed.weight
 
     @torch.no_grad()

@@ -1,0 +1,163 @@
+"""GPTQ (Frantar et al. 2022): quantise a linear layer's columns one at a time, pushing each column's
+rounding error onto the columns not yet quantised, weighted by the inverse Hessian of the layer's
+reconstruction error ||X W^T - X Q^T||^2, whose Hessian is H = 2 X^T X (X: the layer's calibration inputs).
+
+    quantize_model(model, QuantConfig(bits=4, group_size=128, method="gptq"), calib=ids)   # ids (S, T)
+
+Per layer (`gptq_weight`): H += damp * mean(diag H) * I (inputs that never fire: H_ii = 1, their weight
+column 0); U = upper Cholesky factor of H^-1; then for column i (in blocks of `block` columns, the
+"lazy batch" update that makes it matrix-matrix work):
+
+    q_i = quant(w_i);  e_i = (w_i - q_i) / U_ii;  w_j -= e_i U_ij  for the later columns j
+
+Group parameters (int4 scale / zero) are computed from the *updated* weights when the first column of a
+group is reached, as the reference implementation does. With act_order the columns are visited in order
+of decreasing diag(H) (the most-used inputs first, while the most freedom is left to compensate).
+
+Across layers the model is processed block by block: the Hessians of block l's linears come from inputs
+that have gone through blocks 0..l-1 already quantised, so later blocks compensate earlier blocks' error.
+(Within a block all linears see the unquantised block; AutoGPTQ's `true_sequential` splits further.)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from scratchlm.compress.quant import (
+    Int4Linear,
+    Int8Linear,
+    QuantConfig,
+    int4_params,
+    round_int4,
+    set_module,
+)
+from scratchlm.errors import InvalidArgument
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a calibration forward once the block being quantised has run."""
+
+
+def hessian_hooks(linears: dict[str, nn.Linear]) -> tuple[dict[str, Tensor], dict[str, int], list]:
+    """Forward pre-hooks accumulating sum x x^T (in float64) and the row count of each linear's inputs."""
+    hs = {n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64, device=m.weight.device)
+          for n, m in linears.items()}  # fmt: skip
+    counts = dict.fromkeys(linears, 0)
+    handles = []
+    for name, m in linears.items():
+
+        def hook(mod, args, name=name):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()  # (rows, K)
+            hs[name].addmm_(x.T, x)
+            counts[name] += x.shape[0]
+
+        handles.append(m.register_forward_pre_hook(hook))
+    return hs, counts, handles
+
+
+@torch.no_grad()
+def gptq_weight(w: Tensor, h: Tensor, cfg: QuantConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """GPTQ of one weight w (N, K) with Hessian h (K, K): (levels q (N, K), scale, zero).
+
+    int8: q in [-127, 127], scale (N,) fixed up front, zero empty; int4: q in [0, 15], scale / zero (N, K/g)."""
+    w = w.detach().double().clone()
+    n, k = w.shape
+    h = h.double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h.diagonal().add_(cfg.damp * torch.mean(torch.diag(h)))
+    g = cfg.group_size if cfg.bits == 4 else k
+    scales = torch.zeros(n, k // g, dtype=torch.float64, device=w.device)
+    zeros = torch.zeros_like(scales)
+    if cfg.bits == 8:
+        scales[:, 0] = w.abs().amax(dim=1).clamp_min(1e-12) / 127
+    elif cfg.act_order:  # the update order no longer reaches a group's columns together: fix its range first
+        scales, zeros = int4_params(w.view(n, k // g, g))
+    perm = torch.argsort(torch.diag(h), descending=True) if cfg.act_order else torch.arange(k, device=w.device)
+    w, h = w[:, perm], h[perm][:, perm]
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # (K, K)
+
+    q = torch.zeros_like(w)
+    for b0 in range(0, k, cfg.block):
+        b1 = min(b0 + cfg.block, k)
+        err = torch.zeros(n, b1 - b0, dtype=torch.float64, device=w.device)
+        for i in range(b0, b1):
+            col = w[:, i]
+            grp = int(perm[i]) // g  # the column's group in the original order
+            if cfg.bits == 8:
+                qi = torch.round(col / scales[:, 0]).clamp(-127, 127)
+                deq = qi * scales[:, 0]
+            else:
+                if not cfg.act_order and i % g == 0:  # a new group: its range from the updated weights
+                    scales[:, grp], zeros[:, grp] = int4_params(w[:, i : i + g])
+                s, z = scales[:, grp], zeros[:, grp]
+                qi = round_int4(col[:, None], s, z)[:, 0]
+                deq = (qi - z) * s
+            q[:, i] = qi
+            e = (col - deq) / u[i, i]  # the error, pushed onto the later columns of the block ...
+            w[:, i + 1 : b1] -= e[:, None] * u[i, i + 1 : b1][None, :]
+            err[:, i - b0] = e
+        w[:, b1:] -= err @ u[b0:b1, b1:]  # ... and onto the columns after it, once per block
+    q = q[:, torch.argsort(perm)]
+    if cfg.bits == 8:
+        return q, scales[:, 0].float(), torch.empty(0)
+    return q, scales.float(), zeros
+
+
+@torch.no_grad()
+def gptq_layer(linear: nn.Linear, h: Tensor, cfg: QuantConfig) -> nn.Module:
+    """The quantised module replacing `linear`, given its Hessian h = 2 X^T X / rows."""
+    q, scale, zero = gptq_weight(linear.weight, h, cfg)
+    if cfg.bits == 4:
+        return Int4Linear.from_levels(q, scale, zero, cfg.group_size, linear.bias)
+    m = Int8Linear(linear.in_features, linear.out_features, linear.bias is not None).to(linear.weight.device)
+    m.qweight, m.scale = q.to(torch.int8), scale
+    if linear.bias is not None:
+        m.bias.data.copy_(linear.bias)
+    return m
+
+
+@torch.no_grad()
+def gptq_quantize(model: nn.Module, cfg: QuantConfig, calib: Tensor | None, targets: dict[str, nn.Linear]) -> None:
+    """Quantise `targets` of `model` in place with GPTQ, block by block, on calibration ids (S, T)."""
+    if calib is None or not torch.is_tensor(calib) or calib.dim() != 2 or calib.numel() == 0:
+        raise InvalidArgument("GPTQ needs calibration token ids: a non-empty (sequences, tokens) tensor")
+    device = next(model.parameters()).device
+    calib = calib.to(device)
+    was_training = model.training
+    model.eval()
+    blocks = getattr(model, "blocks", None)
+    groups: list[tuple[nn.Module | None, dict[str, nn.Linear]]] = []
+    if blocks is not None:
+        for key, block in blocks.items():
+            mine = {n: m for n, m in targets.items() if n.startswith(f"blocks.{key}.")}
+            if mine:
+                groups.append((block, mine))
+    rest = {n: m for n, m in targets.items() if not any(n in g for _, g in groups)}
+    if rest:
+        groups.append((None, rest))  # the head: after every block is quantised, a full forward
+    try:
+        for block, linears in groups:
+            hs, counts, handles = hessian_hooks(linears)
+            if block is not None:
+
+                def stop(*_):
+                    raise _Stop
+
+                handles.append(block.register_forward_hook(stop))
+            try:
+                for row in calib:
+                    try:
+                        model(row[None])
+                    except _Stop:
+                        pass
+            finally:
+                for hd in handles:
+                    hd.remove()
+            for name, lin in linears.items():
+                h = hs[name] * (2.0 / max(counts[name], 1))
+                set_module(model, name, gptq_layer(lin, h, cfg))
+    finally:
+        model.train(was_training)
