@@ -61,7 +61,7 @@ def gptq_weight(w: Tensor, h: Tensor, cfg: QuantConfig) -> tuple[Tensor, Tensor,
     """GPTQ of one weight w (N, K) with Hessian h (K, K): (levels q (N, K), scale, zero).
 
     int8: q in [-127, 127], scale (N,) fixed up front, zero empty; int4: q in [0, 15], scale / zero (N, K/g)."""
-    w = w.detach().double().clone()
+    w = w.detach().float().clone()  # the column loop in float32, as the reference; the factorisation in float64
     n, k = w.shape
     h = h.double().clone()
     dead = torch.diag(h) == 0
@@ -69,7 +69,7 @@ def gptq_weight(w: Tensor, h: Tensor, cfg: QuantConfig) -> tuple[Tensor, Tensor,
     w[:, dead] = 0.0
     h.diagonal().add_(cfg.damp * torch.mean(torch.diag(h)))
     g = cfg.group_size if cfg.bits == 4 else k
-    scales = torch.zeros(n, k // g, dtype=torch.float64, device=w.device)
+    scales = torch.zeros(n, k // g, device=w.device)
     zeros = torch.zeros_like(scales)
     if cfg.bits == 8:
         scales[:, 0] = w.abs().amax(dim=1).clamp_min(1e-12) / 127
@@ -77,12 +77,12 @@ def gptq_weight(w: Tensor, h: Tensor, cfg: QuantConfig) -> tuple[Tensor, Tensor,
         scales, zeros = int4_params(w.view(n, k // g, g))
     perm = torch.argsort(torch.diag(h), descending=True) if cfg.act_order else torch.arange(k, device=w.device)
     w, h = w[:, perm], h[perm][:, perm]
-    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # (K, K)
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()  # (K, K)
 
     q = torch.zeros_like(w)
     for b0 in range(0, k, cfg.block):
         b1 = min(b0 + cfg.block, k)
-        err = torch.zeros(n, b1 - b0, dtype=torch.float64, device=w.device)
+        err = torch.zeros(n, b1 - b0, device=w.device)
         for i in range(b0, b1):
             col = w[:, i]
             grp = int(perm[i]) // g  # the column's group in the original order
@@ -106,17 +106,37 @@ def gptq_weight(w: Tensor, h: Tensor, cfg: QuantConfig) -> tuple[Tensor, Tensor,
     return q, scales.float(), zeros
 
 
+def shared_inputs(hs: dict[str, Tensor]) -> list[list[str]]:
+    """Names grouped by equal Hessians: linears reading the same input (q/k/v, gate/up). GPTQ treats the
+    rows of a weight independently given H, so their stacked rows are quantised in one pass."""
+    groups: list[list[str]] = []
+    for name, h in hs.items():
+        for g in groups:
+            if torch.equal(hs[g[0]], h):
+                g.append(name)
+                break
+        else:
+            groups.append([name])
+    return groups
+
+
 @torch.no_grad()
-def gptq_layer(linear: nn.Linear, h: Tensor, cfg: QuantConfig) -> nn.Module:
-    """The quantised module replacing `linear`, given its Hessian h = 2 X^T X / rows."""
-    q, scale, zero = gptq_weight(linear.weight, h, cfg)
-    if cfg.bits == 4:
-        return Int4Linear.from_levels(q, scale, zero, cfg.group_size, linear.bias)
-    m = Int8Linear(linear.in_features, linear.out_features, linear.bias is not None).to(linear.weight.device)
-    m.qweight, m.scale = q.to(torch.int8), scale
-    if linear.bias is not None:
-        m.bias.data.copy_(linear.bias)
-    return m
+def gptq_layers(linears: list[nn.Linear], h: Tensor, cfg: QuantConfig) -> list[nn.Module]:
+    """The quantised modules replacing `linears` (all reading one input), given its Hessian 2 X^T X / rows."""
+    q, scale, zero = gptq_weight(torch.cat([lin.weight for lin in linears]), h, cfg)
+    out, row = [], 0
+    for lin in linears:
+        rows = slice(row, row + lin.out_features)
+        row += lin.out_features
+        if cfg.bits == 4:
+            out.append(Int4Linear.from_levels(q[rows], scale[rows], zero[rows], cfg.group_size, lin.bias))
+            continue
+        m = Int8Linear(lin.in_features, lin.out_features, lin.bias is not None).to(lin.weight.device)
+        m.qweight, m.scale = q[rows].to(torch.int8).contiguous(), scale[rows].contiguous()
+        if lin.bias is not None:
+            m.bias.data.copy_(lin.bias)
+        out.append(m)
+    return out
 
 
 @torch.no_grad()
@@ -156,8 +176,9 @@ def gptq_quantize(model: nn.Module, cfg: QuantConfig, calib: Tensor | None, targ
             finally:
                 for hd in handles:
                     hd.remove()
-            for name, lin in linears.items():
-                h = hs[name] * (2.0 / max(counts[name], 1))
-                set_module(model, name, gptq_layer(lin, h, cfg))
+            for names in shared_inputs(hs):
+                h = hs[names[0]] * (2.0 / max(counts[names[0]], 1))
+                for name, module in zip(names, gptq_layers([linears[n] for n in names], h, cfg), strict=True):
+                    set_module(model, name, module)
     finally:
         model.train(was_training)
