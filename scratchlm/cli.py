@@ -31,6 +31,7 @@ STAGES = {
     "infer": "scratchlm.infer.cli",  # also registers `scratchlm generate`, the older spelling of `infer generate`
     "serve": "scratchlm.serve.cli",
     "eval": "scratchlm.eval.cli",
+    "compress": "scratchlm.compress.cli",
 }
 
 
