@@ -10,7 +10,7 @@ What it does:
    (benchmarks/_work/draft/owt_smollm2.tok), checked to end before the held-out documents.
 2. the teacher's top-k cache of that file (`write_topk_cache`, bf16 teacher forward, the expensive part),
    reused by later runs while it matches the file.
-3. two training runs of the student shape of benchmarks/_work/draft/run (d_model 128, 4 layers, 4 heads,
+3. two training runs of the student preset configs/train/draft-smollm2.toml (d_model 128, 4 layers, 4 heads,
    vocab 49152): `loss = "distill"` from the cache (alpha x forward KL + (1 - alpha) x cross-entropy), and
    the plain cross-entropy. Both saved as model directories (with SmolLM2's chat tokenizer) under
    benchmarks/_work/distill/models/, usable as speculative drafts.
@@ -32,11 +32,11 @@ import numpy as np
 import torch
 
 from benchmarks.bench_engine import OPEN, QUOTING, chat_ids
-from benchmarks.common import EOT, OWT_MINI, RESULTS, TEXT, WORK, markdown_table
+from benchmarks.common import EOT, OWT_MINI, REPO, RESULTS, TEXT, WORK, markdown_table
 from benchmarks.quality_common import machine_line
 
 TEACHER = "smollm2-135m-instruct"
-DRAFT_RUN = WORK / "draft" / "run"  # the student shape (and optimiser / schedule) to reuse
+STUDENT = REPO / "configs" / "train" / "draft-smollm2.toml"  # the student shape, optimiser and schedule
 TOKENS = WORK / "draft" / "owt_smollm2.tok"  # owt_mini in SmolLM2's tokenizer, documents in file order
 OUT = WORK / "distill"
 PROMPTS = (
@@ -58,12 +58,26 @@ def held_out_split(text: str, fraction: float = 0.9) -> tuple[int, str]:
     return n_train, EOT.join(docs[n_train:])
 
 
+def ensure_tokens() -> None:
+    """owt_mini in SmolLM2's tokenizer (TOKENS), encoded once and reused."""
+    from scratchlm.model.model_dir import load_model
+    from scratchlm.tokenizer.encode_corpus import encode_file
+
+    if TOKENS.is_file():
+        return
+    _, chat = load_model(TEACHER)
+    tok_dir = TOKENS.parent / "tokenizer"  # the sidecar names a tokenizer directory that later files reuse
+    chat.tokenizer.save(tok_dir, overwrite=True)
+    encode_file(chat.tokenizer, OWT_MINI, TOKENS, tokenizer_source=str(tok_dir))
+
+
 def make_train_file(n_tokens: int, n_train_docs: int):
     """The first `n_tokens` of TOKENS as their own token file (reused while it matches); they must lie in the
     first `n_train_docs` documents (the document separator is id 0 in SmolLM2's vocabulary)."""
     from scratchlm.tokenizer.token_file import read_token_meta, write_token_file
     from scratchlm.train.data import TokenData
 
+    ensure_tokens()
     meta = read_token_meta(TOKENS)
     tokens = TokenData(TOKENS).tokens
     ids = np.asarray(tokens[:n_tokens])
@@ -115,7 +129,7 @@ def train_student(name: str, train_file, cache, args) -> dict:
             "loss=distill", f"distill.topk_cache={json.dumps(str(cache))}", f"distill.teacher={TEACHER}",
             f"distill.kind={args.kind}", f"distill.temperature={args.temperature}", f"distill.alpha={args.alpha}",
         ]  # fmt: skip
-    cfg = load_config(TrainConfig, "train", str(DRAFT_RUN / "config.toml"), sets)
+    cfg = load_config(TrainConfig, "train", str(STUDENT), sets)
     print(f"== {name}: {cfg.steps} steps of {cfg.tokens_per_step} tokens", flush=True)
     summary = train(cfg, overwrite=True)
     return {"seconds": summary["seconds"], "tokens": summary["tokens"], "final_loss": summary["final_loss"]}
@@ -274,7 +288,7 @@ def write(report: dict, args, bpb: dict) -> None:
         f"Machine: {report['machine']}.",
         f"Command: `{cmd}`.",
         "",
-        f"Both students: the shape of benchmarks/_work/draft/run (d_model 128, 4 layers, 4 heads, vocab 49152, "
+        f"Both students: the preset configs/train/draft-smollm2.toml (d_model 128, 4 layers, 4 heads, vocab 49152, "
         f"7.1M parameters), Muon + AdamW, WSD schedule ({a.warmup} warmup steps), seed {a.seed}, {a.steps} steps "
         f"of {a.batch_size} x {a.seq_len} tokens, drawn from the same file: the first {report['train_tokens_file']} "
         f"tokens of owt_mini (documents 1-{report['train_documents']}). Distilled: loss = {a.alpha} x "
