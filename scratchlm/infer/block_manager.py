@@ -113,6 +113,19 @@ class BlockManager:
                 self._hash[b], self._key[b], self._cached[h] = h, self._block_key(seq, i), b
         seq.num_registered_blocks = max(seq.num_registered_blocks, n)
 
+    def reset_prefix_cache(self) -> int:
+        """Forget every cached block (their KV came from weights that have since changed: RL rollouts after an
+        optimizer step). Only when no block is in use; returns the number of blocks forgotten."""
+        if any(self.ref_counts):
+            raise ScratchLMError("reset_prefix_cache with blocks in use: finish or abort the running requests first")
+        n = len(self._cached)
+        for b in self._evictable:
+            self._hash[b] = self._key[b] = None
+            self._free.append(b)
+        self._evictable.clear()
+        self._cached.clear()
+        return n
+
     # ------------------------------------------------------------------ block states
     def _take(self) -> int:
         """A block for new tokens (refcount 1): a free one, else the least recently used evictable one."""

@@ -195,6 +195,13 @@ class Engine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
+    def reset_prefix_cache(self) -> int:
+        """Drop the prefix cache after the model's weights changed in place (its cached KV is stale); no
+        request may be running. Returns the number of blocks forgotten."""
+        if self.has_unfinished():
+            raise InvalidArgument("reset_prefix_cache while requests run: finish or abort them first")
+        return self.blocks.reset_prefix_cache()
+
     def output(self, request_id: str) -> RequestOutput:
         req = self.requests[request_id]
         # the prompt is computed once for all n samples (the later ones share its blocks): sample 0, admitted
