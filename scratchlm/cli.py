@@ -32,6 +32,7 @@ STAGES = {
     "serve": "scratchlm.serve.cli",
     "eval": "scratchlm.eval.cli",
     "compress": "scratchlm.compress.cli",
+    "bench": "scratchlm.bench.cli",
 }
 
 
