@@ -33,6 +33,7 @@ STAGES = {
     "eval": "scratchlm.eval.cli",
     "compress": "scratchlm.compress.cli",
     "bench": "scratchlm.bench.cli",
+    "align": "scratchlm.align.cli",
 }
 
 

@@ -1,0 +1,61 @@
+"""`scratchlm align dpo | grpo`: alignment stages over a model, writing a run directory with a model directory.
+
+scratchlm align dpo --model smollm2-135m-instruct --data ../shared/data/instruct/hh_rlhf_harmless_test.jsonl.gz \
+    --out runs/dpo --set steps=40 --set beta=0.1
+scratchlm align dpo --resume runs/dpo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from scratchlm.config import add_config_arguments, config_from_args, to_toml
+
+
+def register(sub) -> None:
+    p = sub.add_parser("align", help="align a model: DPO on preference pairs, GRPO with a verifier")
+    verbs = p.add_subparsers(dest="verb", metavar="<verb>", required=True)
+    d = verbs.add_parser("dpo", help="direct preference optimisation (also ipo / simpo: --set kind=...)")
+    add_config_arguments(d, "align")
+    d.add_argument("--model", help="policy: pretrained name, model or run directory (--set model=...)")
+    d.add_argument("--data", help="JSONL(.gz) of preference pairs (--set data=...)")
+    d.add_argument("--out", help="run directory (--set out_dir=...)")
+    d.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    d.set_defaults(func=cmd_dpo)
+
+
+def _resolve(cls, args, resume_dir: Path | None):
+    from scratchlm.config import load_config
+    from scratchlm.errors import ScratchLMError
+
+    if resume_dir is not None:
+        snapshot = resume_dir / "config.toml"
+        if not snapshot.is_file():
+            raise ScratchLMError(f"cannot resume {resume_dir}: no config.toml there (not an align run directory?)")
+        return load_config(cls, "align", str(snapshot), args.overrides, base={"out_dir": str(resume_dir)})
+    return config_from_args(cls, "align", args, {"model": args.model, "data": args.data, "out_dir": args.out})
+
+
+def cmd_dpo(args: argparse.Namespace) -> int:
+    from scratchlm.align.dpo import DPOConfig, train_dpo
+    from scratchlm.errors import ScratchLMError
+    from scratchlm.io import atomic_write
+
+    cfg = _resolve(DPOConfig, args, args.resume)
+    if args.print_config:
+        print(to_toml(cfg), end="")
+        return 0
+    if not cfg.data:
+        raise ScratchLMError("no preference data: pass --data FILE.jsonl (or --set data=...)")
+    out = Path(cfg.out_dir)
+    if args.resume is None:
+        if out.exists() and any(out.iterdir()):
+            raise ScratchLMError(f"{out} exists and is not empty: choose another --out, or --resume it")
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out / "config.toml", "w") as f:
+            f.write(to_toml(cfg))
+    summary = train_dpo(cfg, resume=args.resume is not None)
+    print(json.dumps({"evals": summary["evals"], "model_dir": summary["model_dir"]}, indent=1))
+    return 0
