@@ -66,6 +66,29 @@ class DistillConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """How the processes of a `torchrun` launch share the work (distributed/mesh.py, distributed/parallelize.py).
+
+    torchrun --nproc_per_node 4 -m scratchlm train --preset quickstart --set parallel.dp_shard=2 --set parallel.tp=2
+
+    The product of the dims is the number of processes; a -1 dim takes what the others leave: by default
+    every process is a DDP replica (dp_replicate = -1), as before this section existed."""
+
+    dp_replicate: int = -1  # DDP replicas (HSDP when dp_shard > 1 too); -1 = the processes left over
+    dp_shard: int = 1  # FSDP2 shards (fully_shard); -1 = the processes left over (then dp_replicate -1 means 1)
+    tp: int = 1  # tensor parallel (heads and MLP columns), with sequence parallel norms unless turned off
+    cp: int = 1  # context parallel (ring attention over sequence shards)
+    pp: int = 1  # pipeline parallel stages
+    sequence_parallel: bool = True  # with tp > 1: norms and residual stream sharded along the sequence
+    activation_checkpointing: Literal["", "none", "full", "selective"] = ""  # "" = the top-level bool decides
+    param_dtype: Literal["auto", "fp32", "bf16"] = (
+        "auto"  # FSDP2 compute dtype of parameters; auto = bf16 iff precision bf16
+    )
+    reduce_dtype: Literal["fp32", "bf16"] = "fp32"  # FSDP2 gradient reduce-scatter dtype
+    timeout_s: float = 600.0  # a collective waiting longer (a rank died or hangs) raises, so the others exit
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -73,6 +96,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: Literal["", "lm", "fused_lm", "distill"] = ""  # "" = lm (fused_lm with model.fused_loss); losses.py
     distill: DistillConfig = field(default_factory=DistillConfig)  # used by loss = "distill"
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # multi-process layout (torchrun)
     out_dir: str = "runs/run"  # run directory: config, metrics.jsonl, checkpoints, plots
     seed: int = 0
     steps: int = 1000  # optimizer steps
@@ -81,7 +105,9 @@ class TrainConfig:
     seq_len: int = 0  # tokens per sequence; 0 = model.context_length
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; master weights stay fp32
     compile: bool = False  # torch.compile the model (distributed.parallelize)
-    activation_checkpointing: bool = False  # recompute each block's activations in the backward (less memory)
+    activation_checkpointing: bool = (
+        False  # recompute each block's activations in the backward (= parallel.activation_checkpointing "full")
+    )
     device: str = "auto"  # auto = cuda if available, else cpu
     eval_every: int = 100  # steps between validations (and samples); 0 = only at the end
     eval_tokens: int = 0  # tokens of the validation file used per eval; 0 = the whole file
@@ -98,6 +124,11 @@ class TrainConfig:
     @property
     def context(self) -> int:
         return self.seq_len or self.model.context_length
+
+    @property
+    def checkpointing(self) -> str:
+        """Activation checkpointing mode: none | full | selective (parallel.activation_checkpointing, else the bool)."""
+        return self.parallel.activation_checkpointing or ("full" if self.activation_checkpointing else "none")
 
     @property
     def tokens_per_step(self) -> int:
@@ -148,6 +179,8 @@ class TrainConfig:
             ctx = self.model.context_length
             bad(f"sample_tokens must be in [0, model.context_length={ctx}), got {self.sample_tokens}")
         check_device(self.device, "device")
+        if not self.parallel.timeout_s > 0:
+            bad(f"parallel.timeout_s must be > 0, got {self.parallel.timeout_s}")
 
 
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")

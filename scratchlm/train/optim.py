@@ -404,6 +404,13 @@ def clip_grad_norm(parameters: Iterable[Tensor] | Tensor, max_norm: float) -> Te
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(g, DTensor) for g in grads):  # sharded (FSDP2 / tensor parallel): torch's DTensor-aware path
+        total = torch.nn.utils.get_total_norm(grads, foreach=False)
+        total = total.full_tensor() if isinstance(total, DTensor) else total  # the norm over all shards
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=False)
+        return total
     device = grads[0].device
     norms = [torch.linalg.vector_norm(g).to(device) for g in grads]  # per-tensor norms, as torch
     total = torch.linalg.vector_norm(torch.stack(norms))

@@ -51,6 +51,13 @@ class StepResult:
         return math.isfinite(self.loss)
 
 
+def _sharded(model: nn.Module) -> bool:
+    """FSDP2 / tensor parallel (DTensor parameters): every rank holds a loss to average, as under DDP."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(getattr(model, "embed", None), nn.Module) and isinstance(model.embed.weight, DTensor)
+
+
 def autocast_context(precision: str, device: torch.device):
     """Autocast to bf16 / fp16 for "bf16" / "fp16" (matmuls in low precision, weights fp32); nothing for fp32."""
     if precision == "fp32":
@@ -98,7 +105,7 @@ def train_step(
         if grad_hook is not None and micro < n - 1:
             grad_hook(micro, n / ((micro + 1) * scaler.get_scale()))
     loss_value = float(loss_sum) / n
-    if ddp:  # the global mean, which equals the 1-process loss
+    if ddp or _sharded(plain):  # the global mean, which equals the 1-process loss
         loss_value = all_reduce_mean(loss_value, x.device)
     parts_mean = {k: v / n for k, v in parts_sum.items()}
     if not math.isfinite(loss_value):

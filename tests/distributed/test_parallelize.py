@@ -1,6 +1,6 @@
 """parallelize(): activation checkpointing keeps losses and gradients (and saves fewer activations), compile
 runs and matches eager, DDP goes outermost (no unused-parameter search: every parameter is used),
-tensor parallel is refused for now. (DDP over 2 processes == 1 process: tests/train/test_loop.py.)"""
+a layout that does not divide the model is refused. (DDP over 2 processes == 1 process: tests/train/test_loop.py.)"""
 
 from __future__ import annotations
 
@@ -108,16 +108,16 @@ def test_parallelize_with_compile_runs_and_matches_eager():
     assert fwd(batch()[0], output="hidden").shape == (2, 8, MODEL["d_model"])
 
 
-def test_tensor_parallel_is_refused_for_now():
-    with pytest.raises(ScratchLMError, match="tensor parallel"):
-        parallelize(model(), cfg(), Mesh(torch.device("cpu"), ParallelDims(dp=1, tp=2)))
+def test_layout_that_does_not_divide_the_model_is_refused():
+    with pytest.raises(ScratchLMError, match="n_heads=2 is not divisible by tp=3"):
+        parallelize(model(), cfg(), Mesh(torch.device("cpu"), ParallelDims(tp=3)))
 
 
 def test_ddp_goes_last_without_unused_parameter_search():
     # A one-process group stands in for the launch; the mesh says dp = 2 so that parallelize wraps DDP.
     dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
     try:
-        mesh = Mesh(torch.device("cpu"), ParallelDims(dp=2))
+        mesh = Mesh(torch.device("cpu"), ParallelDims(dp_replicate=2))
         for kw in ({}, {"moe": {"num_experts": 4, "top_k": 2}}):
             m = model(**kw)
             fwd = parallelize(m, cfg(compile=True, model={**MODEL, **kw}), mesh, compile_backend="eager")

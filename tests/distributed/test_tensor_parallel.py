@@ -1,0 +1,27 @@
+"""Tensor parallel (colwise q/k/v, gate/up; rowwise o, down; vocab-parallel tied embedding and head) on 2 gloo
+processes trains like 1 process: without and with sequence parallel norms; and FSDP x TP (2-D, 4 processes,
+slow). Losses and parameters after 3 AdamW steps (clipping on) equal within fp32 tolerance (parity.TOL)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from multiproc import run_ranks
+from parity import assert_parity, parallel_worker, reference
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gloo multiprocess tests run on Linux")
+
+
+@pytest.mark.parametrize("sp", [False, True], ids=["tp", "tp+sp"])
+def test_tensor_parallel_two_processes_match_one(sp):
+    results = run_ranks(parallel_worker, 2, ({"tp": 2, "sequence_parallel": sp}, {}))
+    assert results[0]["dims"] == {"tp": 2}
+    assert_parity(results, reference())
+
+
+@pytest.mark.slow
+def test_fsdp_x_tp_four_processes_match_one():
+    results = run_ranks(parallel_worker, 4, ({"dp_shard": 2, "tp": 2}, {}))
+    assert results[0]["dims"] == {"dp_shard": 2, "tp": 2}
+    assert_parity(results, reference())
