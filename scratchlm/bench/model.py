@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import resource
 import statistics
@@ -268,23 +267,27 @@ def peak_rss_bytes() -> int:
 
 
 def memory_timeline(prof, device: torch.device) -> list[tuple[float, int]]:
-    """(microseconds since the first allocation, bytes allocated since the profile started) after every
-    allocation and free the profiler recorded (`profile_memory=True`): the running sum of its
-    "[memory]" events, on `device`."""
-    events = []
-    for e in prof.events():
-        if e.name != "[memory]":
-            continue
-        delta = e.device_memory_usage if device.type == "cuda" else e.cpu_memory_usage
-        if delta:
-            events.append((e.time_range.start, delta))
-    events.sort()
-    out, total = [], 0
-    t_first = events[0][0] if events else 0
-    for t, delta in events:
-        total += delta
-        out.append((t - t_first, total))
-    return out
+    """(microseconds since the first allocation, bytes allocated) after every allocation and free on
+    `device` that the profiler recorded (`profile_memory=True`). Read from the profiler's event tree,
+    the records torch's own memory profiler (`torch.profiler._memory_profiler`) is built from: each
+    allocation event carries the allocator's running total. [] if this torch has no such tree."""
+    try:
+        from torch._C._profiler import _EventType
+
+        roots = prof.profiler.kineto_results.experimental_event_tree()
+    except (AttributeError, ImportError):
+        return []
+    points, stack = [], list(roots)
+    while stack:
+        node = stack.pop()
+        if node.tag == _EventType.Allocation:
+            f = node.extra_fields
+            if f.device.type == device.type:
+                points.append((node.start_time_ns, f.total_allocated))
+        stack.extend(node.children)
+    points.sort()
+    t0 = points[0][0] if points else 0
+    return [((t - t0) / 1e3, int(total)) for t, total in points]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,7 +450,9 @@ def _profile(run: _Runner, cfg: ModelBenchConfig, device: torch.device):
     averages = prof.key_averages()
     tables = ["top operators by self CPU time\n" + averages.table(sort_by="self_cpu_time_total", row_limit=20)]
     if device.type == "cuda":
-        tables.append("top operators by self CUDA time\n" + averages.table(sort_by="self_cuda_time_total", row_limit=20))
+        tables.append(
+            "top operators by self CUDA time\n" + averages.table(sort_by="self_cuda_time_total", row_limit=20)
+        )
     text = "\n\n".join(tables)
     with atomic_write(out / "top_ops.txt", "w", encoding="utf-8") as f:
         f.write(text + "\n")
@@ -480,10 +485,16 @@ def format_result(r: dict) -> str:
     """The result as a small two-column table."""
     c, m, s = r["config"], r["model"], r["step_s"]
     rows = [
-        ("model", f"{c['preset']}: d_model {m['d_model']}, {m['n_layers']} layers, {m['n_heads']} heads, "
-         f"d_ff {m['d_ff']}, {_num(m['params'])} params"),
-        ("run", f"{c['mode']}, batch {c['batch']} x {c['seq_len']} tokens, {c['precision']}"
-         f"{', compiled' if c['compile'] else ''}, {c['warmup']} warmup + {c['steps']} steps"),
+        (
+            "model",
+            f"{c['preset']}: d_model {m['d_model']}, {m['n_layers']} layers, {m['n_heads']} heads, "
+            f"d_ff {m['d_ff']}, {_num(m['params'])} params",
+        ),
+        (
+            "run",
+            f"{c['mode']}, batch {c['batch']} x {c['seq_len']} tokens, {c['precision']}"
+            f"{', compiled' if c['compile'] else ''}, {c['warmup']} warmup + {c['steps']} steps",
+        ),
         ("device", f"{r['device']}, {r['threads']} threads"),
         ("step time", f"mean {s['mean'] * 1e3:.2f} ms, std {s['std'] * 1e3:.2f} ms, median {s['median'] * 1e3:.2f} ms"),
     ]
@@ -517,7 +528,3 @@ def result_json(r: dict) -> str:
     if "profile" in out:
         out["profile"] = {k: v for k, v in out["profile"].items() if k != "table_text"}
     return json.dumps(out, indent=2)
-
-
-def finite_positive(x: float) -> bool:
-    return math.isfinite(x) and x > 0
