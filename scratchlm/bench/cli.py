@@ -20,22 +20,36 @@ def register(subparsers) -> None:
 
     m = verbs.add_parser("model", help="time fwd / fwd_bwd / step on random tokens: tokens/s, MFU, profile, memory")
     m.add_argument("--preset", default="small", help="a CS336 size (small, medium, large, xl, 2.7b) or a model preset")
-    m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a model config value (repeatable)")
+    m.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model config value (repeatable)",
+    )
     m.add_argument("--batch", type=int, default=4)
     m.add_argument("--seq-len", type=int, default=128)
-    m.add_argument("--mode", choices=("fwd", "fwd_bwd", "step"), default="fwd_bwd",
-                   help="fwd: no_grad forward; fwd_bwd: forward + loss + backward; step: + AdamW step")
+    m.add_argument(
+        "--mode",
+        choices=("fwd", "fwd_bwd", "step"),
+        default="fwd_bwd",
+        help="fwd: no_grad forward; fwd_bwd: forward + loss + backward; step: + AdamW step",
+    )
     m.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     m.add_argument("--steps", type=int, default=5, help="timed steps")
     m.add_argument("--autocast", choices=("bf16",), default=None, help="bf16 autocast (default: fp32)")
     m.add_argument("--compile", action="store_true", help="torch.compile the model")
     m.add_argument("--profile", metavar="DIR", help="write a torch.profiler trace (trace.json) and top_ops.txt here")
     m.add_argument("--profile-steps", type=int, default=3, help="steps recorded by the profiler")
-    m.add_argument("--memory-snapshot", metavar="FILE",
-                   help="CUDA: allocator history pickle (pytorch.org/memory_viz); CPU: JSON of peak RSS + timeline")
+    m.add_argument(
+        "--memory-snapshot",
+        metavar="FILE",
+        help="CUDA: allocator history pickle (pytorch.org/memory_viz); CPU: JSON of peak RSS + timeline",
+    )
     m.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--peak-n", type=int, default=0, help="matmul size of the peak measurement (0: 2048 CPU, 8192 CUDA)")
     m.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     m.set_defaults(func=cmd_model)
 
@@ -69,6 +83,7 @@ def cmd_model(args: argparse.Namespace) -> int:
         memory_snapshot=args.memory_snapshot,
         overrides=args.overrides,
         seed=args.seed,
+        peak_n=args.peak_n,
     )
     result = run_model_bench(cfg)
     if "profile" in result:

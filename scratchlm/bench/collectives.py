@@ -251,6 +251,6 @@ def format_rows(result: dict) -> str:
     lines = [head, f"{'size (MB)':>10} {'median (ms)':>12} {'algbw (GB/s)':>13} {'busbw (GB/s)':>13}"]
     for r in result["rows"]:
         lines.append(
-            f"{r['size_mb']:>10.1f} {r['median_s'] * 1e3:>12.3f} {r['algbw_gbps']:>13.3f} {r['busbw_gbps']:>13.3f}"
+            f"{r['size_mb']:>10g} {r['median_s'] * 1e3:>12.3f} {r['algbw_gbps']:>13.3f} {r['busbw_gbps']:>13.3f}"
         )
     return "\n".join(lines)

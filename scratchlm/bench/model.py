@@ -79,13 +79,18 @@ class ModelBenchConfig:
         for name in ("batch", "seq_len", "steps", "profile_steps"):
             if getattr(self, name) < 1:
                 raise ScratchLMError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.peak_n < 0:
+            raise ScratchLMError(f"--peak-n must be >= 0, got {self.peak_n}")
         if self.warmup < 0:
             raise ScratchLMError(f"--warmup must be >= 0, got {self.warmup}")
         if self.mode not in MODES:
             raise ScratchLMError(f"unknown mode {self.mode!r}: expected one of {', '.join(MODES)}")
         if self.precision not in PRECISIONS:
             raise ScratchLMError(f"unknown precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
-        dev = torch.device(self.device)  # raises RuntimeError on nonsense: turned into our error below
+        try:
+            dev = torch.device(self.device)
+        except RuntimeError:
+            raise ScratchLMError(f"--device must be cpu or cuda[:i], got {self.device!r}") from None
         if dev.type not in ("cpu", "cuda"):
             raise ScratchLMError(f"--device must be cpu or cuda, got {self.device!r}")
         if dev.type == "cuda" and not torch.cuda.is_available():
@@ -124,7 +129,7 @@ def bench_model_config(preset: str, seq_len: int, overrides: list[str] | tuple[s
     cfg = load_config(ModelConfig, "model", preset, list(overrides))
     if seq_len > cfg.context_length:
         raise ScratchLMError(
-            f"--seq-len {seq_len} exceeds preset {preset!r}'s context_length {cfg.context_length} "
+            f"--seq-len {seq_len} exceeds the context_length {cfg.context_length} of preset {preset!r} "
             f"(a longer context: --set context_length={seq_len})"
         )
     return cfg
