@@ -456,7 +456,7 @@ def _profile(run: _Runner, cfg: ModelBenchConfig, device: torch.device):
     tables = ["top operators by self CPU time\n" + averages.table(sort_by="self_cpu_time_total", row_limit=20)]
     if device.type == "cuda":
         tables.append(
-            "top operators by self CUDA time\n" + averages.table(sort_by="self_cuda_time_total", row_limit=20)
+            "top operators by self CUDA time\n" + averages.table(sort_by="self_device_time_total", row_limit=20)
         )
     text = "\n\n".join(tables)
     with atomic_write(out / "top_ops.txt", "w", encoding="utf-8") as f:

@@ -63,3 +63,20 @@ def test_parse_sizes():
     assert parse_sizes("1, 4,16.5") == [1.0, 4.0, 16.5]
     with pytest.raises(ScratchLMError, match="comma-separated numbers"):
         parse_sizes("1,x")
+
+
+def test_a_rank_that_dies_is_reported_not_waited_for():
+    """`_wait` gives up as soon as a rank has exited without a result (killed, out of memory)."""
+    import queue as queue_mod
+
+    from scratchlm.bench.collectives import _wait
+
+    class Proc:
+        def __init__(self, exitcode):
+            self.exitcode = exitcode
+
+    status, message = _wait([Proc(None), Proc(-9)], queue_mod.Queue(), timeout=60)
+    assert (status, message) == ("error", "rank 1 exited with code -9")  # not "no result within 60 s"
+    q = queue_mod.Queue()
+    q.put(("error", "rank 0: RuntimeError: boom"))
+    assert _wait([Proc(None), Proc(None)], q, timeout=60) == ("error", "rank 0: RuntimeError: boom")
