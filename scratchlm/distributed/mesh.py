@@ -17,6 +17,7 @@ error before any process group exists.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -214,6 +215,23 @@ def init_distributed(cfg: TrainConfig, dims: ParallelDims | None = None, timeout
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     return Mesh(device, dims, dist.get_rank())
+
+
+@contextmanager
+def peer_failures(timeout_s: float):
+    """Turn the error a collective raises when another process died (its connection closed) or stopped
+    answering (the process group's timeout, `timeout_s`) into one clear ScratchLMError, so that the surviving
+    ranks exit with a message instead of a backend traceback (or a hang: the timeout bounds the wait)."""
+    try:
+        yield
+    except (RuntimeError, dist.DistError) as e:
+        if not dist.is_initialized() or isinstance(e, ScratchLMError):
+            raise
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ScratchLMError(
+            f"rank {dist.get_rank()}: a collective failed ({first}): another process died or did not answer "
+            f"within parallel.timeout_s = {timeout_s:g} s; stopping this one too"
+        ) from e
 
 
 def destroy_distributed() -> None:

@@ -3,7 +3,8 @@
     summary = Trainer(cfg, resume=False).run()       # = scratchlm.train.loop.train(cfg)
 
     setup  init_distributed -> Mesh (distributed/mesh.py); the run directory; token files and tokenizer;
-           the model (seeded), parallelize (activation checkpointing, compile, DDP: distributed/parallelize.py),
+           the model (seeded), parallelize (cfg.parallel: tensor parallel, activation checkpointing, compile,
+           FSDP2 or DDP: distributed/parallelize.py); sharded runs gather their state into the usual checkpoints,
            optimizer + lr schedule, TrainState (state.py), restored from the last checkpoint on resume
            (checkpoint.py), the loss chosen once (losses.py), metrics logger, Evaluator (evaluator.py)
     loop   per step: the step's batch from the loader, split into `grad_accum` micro-batches -> train_step
@@ -27,8 +28,8 @@ from pathlib import Path
 import torch
 
 from scratchlm.config import to_dict, to_toml
-from scratchlm.distributed.mesh import destroy_distributed, init_distributed
-from scratchlm.distributed.parallelize import parallelize
+from scratchlm.distributed.mesh import destroy_distributed, init_distributed, peer_failures
+from scratchlm.distributed.parallelize import is_sharded, parallelize
 from scratchlm.errors import ScratchLMError
 from scratchlm.io import DirLock, atomic_write, check_writable, write_json
 from scratchlm.model import TransformerLM
@@ -140,13 +141,21 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model = TransformerLM(cfg.model).to(mesh.device)
         self.fwd_model = parallelize(model, cfg, mesh)
+        # FSDP2 / tensor parallel: DTensor parameters; checkpoints gather them (distributed/dcp.py), and what runs
+        # on rank 0 alone (samples) or reads per-parameter gradients (the noise scale) is left out
+        self.sharded = is_sharded(model)
         optimizer = build_optimizer(model, cfg.optim)
         schedule = Schedule(optimizer, cfg.schedule, cfg.steps)
         # small batch = this process's first micro-batch, big batch = the whole step (see noise_scale.py)
         gns = None
-        if cfg.noise_scale and cfg.grad_accum > 1:
+        if cfg.noise_scale and cfg.grad_accum > 1 and not self.sharded:
             gns = NoiseScale(cfg.batch_size * cfg.context, self.tokens_per_step)
-        self.state = TrainState(model, optimizer, schedule, loader, noise_scale=gns)
+        if self.sharded:
+            from scratchlm.distributed.dcp import ShardedTrainState
+
+            self.state = ShardedTrainState(model, optimizer, schedule, loader, noise_scale=gns)
+        else:
+            self.state = TrainState(model, optimizer, schedule, loader, noise_scale=gns)
         if resume:
             self.restore()
         if mesh.main:
@@ -215,16 +224,21 @@ class Trainer:
             ys = self.loss_fn.batch_targets(xs, ys, self.state.loader.starts(index))
         rows = [slice(m * cfg.batch_size, (m + 1) * cfg.batch_size) for m in range(cfg.grad_accum)]
         batches = [(xs[r].to(device), ys[r].to(device)) for r in rows]  # grad_accum x (B, T)
-        result = train_step(
-            self.fwd_model, batches, self.loss_fn, self.state.optimizer, self.state.schedule, step=step,
-            precision=cfg.precision, grad_clip=cfg.optim.grad_clip, scaler=self.scaler, grad_hook=self.grad_hook,
-        )  # fmt: skip
+        with peer_failures(cfg.parallel.timeout_s):  # a dead rank: a clear error here, not a hang
+            result = self._train_step(batches, step)
         if not result.finite:
             raise ScratchLMError(
                 f"non-finite loss ({result.loss}) at step {step}: stopping. The last good checkpoint is kept in "
                 f"{self.run_dir / 'checkpoints'} (resume with a lower optim.lr or more warmup)"
             )
         return result
+
+    def _train_step(self, batches, step: int) -> StepResult:
+        cfg = self.cfg
+        return train_step(
+            self.fwd_model, batches, self.loss_fn, self.state.optimizer, self.state.schedule, step=step,
+            precision=cfg.precision, grad_clip=cfg.optim.grad_clip, scaler=self.scaler, grad_hook=self.grad_hook,
+        )  # fmt: skip
 
     def log_train(self, result: StepResult) -> None:
         """One metrics.jsonl record (and a progress line) for the steps since the last one."""
@@ -257,7 +271,7 @@ class Trainer:
         self.save(result, is_best)
         if self.mesh.main:
             self.metrics.log({"kind": "eval", "step": step, "tokens": step * self.tokens_per_step, **result})
-            samples = self.evaluator.samples(state.model, step)
+            samples = [] if self.sharded else self.evaluator.samples(state.model, step)
             if samples:
                 with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
                     f.write(f"=== step {step} ===\n" + "\n---\n".join(samples) + "\n")
@@ -266,6 +280,8 @@ class Trainer:
         return result
 
     def save(self, metrics: dict, is_best: bool = False) -> None:
+        if self.sharded:  # every rank takes part in gathering the full state; rank 0 writes it
+            self.state.gather()
         if self.mesh.main:
             save_train_state(
                 self.run_dir, self.state, to_dict(self.cfg), metrics, keep_last=self.cfg.keep_last, is_best=is_best
