@@ -183,7 +183,9 @@ class Trainer:
         """Continue from the run's latest checkpoint (config checked first: a clear message, not a shape error)."""
         # the config only: the file hashes are verified once, by load_train_state
         saved = read_checkpoint_meta(find_checkpoint(self.run_dir), verify=False)["config"]
-        check_resume_config(saved, to_dict(self.cfg))
+        # batch_size is per process: a new layout keeps the global batch with another one (the data stream
+        # checks that the global batch is unchanged)
+        check_resume_config(saved, to_dict(self.cfg), allow=("batch_size",))
         load_train_state(self.run_dir, self.state, map_location=self.mesh.device, restore_rng=True)
         if self.mesh.main:  # the steps after the checkpoint are trained again: their old records go
             truncate_metrics(self.run_dir, self.state.step)

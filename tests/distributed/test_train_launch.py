@@ -1,0 +1,64 @@
+"""`torchrun -m scratchlm train --set parallel.dp_shard=2` end to end: 2 FSDP2 processes follow the 1-process
+trajectory on the same global batch, write the usual checkpoint (gathered full state), and the run resumes in
+one process (another layout)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from multiproc import free_port
+
+from scratchlm.config import load_config
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.loop import train
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(sys.platform != "linux", reason="gloo multiprocess tests run on Linux"),
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from tiny_corpus import build_tiny_corpus
+
+    return build_tiny_corpus(tmp_path_factory.mktemp("tiny_data"))
+
+
+def _losses(run_dir) -> list[float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r.get("kind") == "train"]
+
+
+def test_fsdp_launch_matches_one_process_and_resumes_in_one(data, tmp_path):
+    sets = {
+        "data.train": str(data["train"]), "data.valid": str(data["valid"]), "model.vocab_size": data["vocab_size"],
+        "steps": 4, "log_every": 1, "eval_every": 0, "seq_len": 32, "model.n_kv_heads": 2,
+    }  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    cmd += ["-m", "scratchlm", "train", "--preset", "debug", "--quiet"]
+    for k, v in {**sets, "out_dir": str(tmp_path / "fsdp"), "batch_size": 4, "parallel.dp_shard": 2}.items():
+        cmd += ["--set", f"{k}={json.dumps(v)}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    def cfg(**over) -> TrainConfig:
+        return load_config(TrainConfig, "train", "debug", [f"{k}={json.dumps(v)}" for k, v in {**sets, **over}.items()])
+
+    train(cfg(out_dir=str(tmp_path / "single"), batch_size=8), progress=False)
+    torch.testing.assert_close(
+        torch.tensor(_losses(tmp_path / "fsdp")), torch.tensor(_losses(tmp_path / "single")), atol=1e-5, rtol=0
+    )
+    # the FSDP run's checkpoint (gathered by both ranks, written by rank 0) resumes in one process on the same
+    # global batch, and continues as the single-process run does
+    summary = train(cfg(out_dir=str(tmp_path / "fsdp"), batch_size=8, steps=6), resume=True, progress=False)
+    train(cfg(out_dir=str(tmp_path / "single"), batch_size=8, steps=6), resume=True, progress=False)
+    assert summary["steps"] == 6
+    torch.testing.assert_close(
+        torch.tensor(_losses(tmp_path / "fsdp")), torch.tensor(_losses(tmp_path / "single")), atol=1e-5, rtol=0
+    )
