@@ -28,6 +28,14 @@ setup(
             extra_compile_args=["-O3", "-std=c99", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"],
             extra_link_args=["-pthread"],
             optional=True,
-        )
+        ),
+        # int8 / int4 weight-only quantised linears for a few rows on CPU (compress); else dequantise + F.linear
+        Extension(
+            "scratchlm.kernels._quant_gemv",
+            sources=["scratchlm/kernels/_quant_gemv.c"],
+            extra_compile_args=["-O3", "-std=gnu99", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"],
+            extra_link_args=["-pthread"],
+            optional=True,
+        ),
     ],
 )

@@ -124,6 +124,32 @@ def dequantize_int4(packed: Tensor, scale: Tensor, zero: Tensor, group_size: int
 
 
 # ---------------------------------------------------------------------------------------------- modules
+def quant_fast_path(x: Tensor, qweight: Tensor, bits: int, scale, zero, group_size: int, bias) -> Tensor | None:
+    """The compiled kernel's output where it applies, else None (the caller dequantises: the reference).
+
+    CPU fp32 with 1..8 rows: `kernels/quant_gemv.py` (C, reads the packed bytes); CUDA: the Triton kernel
+    (`kernels/quant_matmul_triton.py`). `kernels.use_backend("torch")` forces the reference."""
+    from scratchlm.kernels import dispatch
+
+    if dispatch._forced and dispatch._forced[-1] == "torch":
+        return None
+    if bias is not None and bias.requires_grad and torch.is_grad_enabled():
+        return None  # training through the bias: keep autograd's path
+    if x.device.type == "cpu":
+        from scratchlm.kernels.quant_gemv import cpu_unsupported, quant_linear_cpu
+
+        if cpu_unsupported(x, qweight):
+            return None
+        return quant_linear_cpu(x, bits, qweight, scale, zero, group_size, bias)
+    if x.is_cuda:
+        from scratchlm.kernels.quant_matmul_triton import quant_matmul, triton_unsupported
+
+        if triton_unsupported(x, qweight, bits, group_size):
+            return None
+        return quant_matmul(x, bits, qweight, scale, zero, group_size, bias)
+    return None
+
+
 class Int8Linear(nn.Module):
     """y = x (scale * q)^T + b with q int8 (out, in), one scale per output channel."""
 
@@ -146,7 +172,8 @@ class Int8Linear(nn.Module):
         return dequantize_int8(self.qweight, self.scale, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.dequantize(x.dtype), self.bias)
+        fast = quant_fast_path(x, self.qweight, 8, self.scale, None, 0, self.bias)
+        return fast if fast is not None else F.linear(x, self.dequantize(x.dtype), self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, int8 per channel, bias={self.bias is not None}"
@@ -187,7 +214,8 @@ class Int4Linear(nn.Module):
         return dequantize_int4(self.qweight, self.scale, self.zero, self.group_size, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.dequantize(x.dtype), self.bias)
+        fast = quant_fast_path(x, self.qweight, 4, self.scale, self.zero, self.group_size, self.bias)
+        return fast if fast is not None else F.linear(x, self.dequantize(x.dtype), self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, int4 group {self.group_size}, bias={self.bias is not None}"

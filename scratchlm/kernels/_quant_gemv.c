@@ -1,0 +1,370 @@
+/* Weight-only quantised linears on CPU for a few rows of activations (decode): y = x W^T (+ b), fp32 in/out.
+ *
+ * The CPU fast path of compress/quant.py's Int8Linear / Int4Linear. Decoding multiplies 1-8 rows by every
+ * weight matrix: the cost is reading the weights, so this reads the quantised bytes themselves (int8: 1 byte
+ * a weight, int4: half a byte plus a scale and zero per group; fp32 reads 4) and never builds the float
+ * matrix. Formats (as quant.py):
+ *
+ *   int8: W[n, k] = scale[n] * q[n, k], q int8 (N, K)
+ *         y[r, n] = scale[n] * sum_k x[r, k] q[n, k]
+ *   int4: W[n, k] = scale[n, g] * (q[n, k] - zero[n, g]) in groups g of G inputs; packed (N, K / 2) uint8
+ *         where byte j of a group holds element j (low nibble) and element j + G/2 (high nibble)
+ *         y[r, n] = sum_g scale[n, g] * (sum_{k in g} x[r, k] q[n, k]  -  zero[n, g] * xsum[r, g])
+ *
+ * so the scale and zero of a group are applied once per group: the inner loop only unpacks, converts and
+ * multiply-adds (16 lanes of partial sums the compiler vectorises; the row count is a compile-time
+ * constant of each specialisation so the accumulators stay in registers). xsum[r, g] (the sum of the
+ * activations of a group) is computed once per call.
+ *
+ * Threads: output rows are split in contiguous ranges over a small pool of persistent POSIX threads (a
+ * decode step calls ~200 linears; starting threads per call would cost ~50 us each time). Workers spin a
+ * little for the next call, then sleep on a condition variable. The GIL is released during the work.
+ * Arguments are raw addresses (tensor.data_ptr()); the Python wrapper (quant_gemv.py) checks dtypes,
+ * shapes and contiguity before calling.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_ROWS 8
+#define MAX_THREADS 64
+#define LANES 16
+
+typedef struct {
+    int bits; /* 8 or 4 */
+    const float *x;          /* (R, K) */
+    const void *q;           /* int8 (N, K) | uint8 (N, K/2) */
+    const float *scale;      /* (N,) | (N, K/G) */
+    const uint8_t *zero;     /* int4: (N, K/G) */
+    const float *xsum;       /* int4: (R, K/G) */
+    const float *bias;       /* (N,) or NULL */
+    float *y;                /* (R, N) */
+    int64_t R, N, K, G;
+} Job;
+
+/* ------------------------------------------------------------------------------------------ kernels */
+/* 16 floats as one value (GCC vector extension): a zmm register with AVX-512, two ymm with AVX2 */
+typedef float v16f __attribute__((vector_size(64)));
+typedef int8_t v16i8 __attribute__((vector_size(16)));
+typedef uint8_t v16u8 __attribute__((vector_size(16)));
+
+static inline v16f load16(const float *p) {
+    v16f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline float hsum16(v16f v) {
+    float t = 0.0f;
+    for (int l = 0; l < LANES; l++) t += v[l];
+    return t;
+}
+
+static inline __attribute__((always_inline)) void int8_range(const Job *j, int64_t n0, int64_t n1, const int R) {
+    const int64_t K = j->K;
+    const int8_t *Q = (const int8_t *)j->q;
+    for (int64_t n = n0; n < n1; n++) {
+        const int8_t *q = Q + n * K;
+        v16f acc[MAX_ROWS];
+        float tail[MAX_ROWS];
+        for (int r = 0; r < R; r++) acc[r] = (v16f){0}, tail[r] = 0.0f;
+        int64_t k = 0;
+        for (; k + LANES <= K; k += LANES) {
+            v16i8 qb;
+            memcpy(&qb, q + k, sizeof qb);
+            const v16f w = __builtin_convertvector(qb, v16f);
+            for (int r = 0; r < R; r++) acc[r] += load16(j->x + r * K + k) * w;
+        }
+        for (; k < K; k++)
+            for (int r = 0; r < R; r++) tail[r] += j->x[r * K + k] * (float)q[k];
+        const float s = j->scale[n], b = j->bias ? j->bias[n] : 0.0f;
+        for (int r = 0; r < R; r++) j->y[r * j->N + n] = s * (hsum16(acc[r]) + tail[r]) + b;
+    }
+}
+
+static inline __attribute__((always_inline)) void int4_range(const Job *j, int64_t n0, int64_t n1, const int R) {
+    const int64_t K = j->K, G = j->G, H = j->G / 2, ng = j->K / j->G;
+    const uint8_t *P = (const uint8_t *)j->q;
+    const v16u8 low = {15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15};
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *p = P + n * (K / 2);
+        const float *sc = j->scale + n * ng;
+        const uint8_t *zp = j->zero + n * ng;
+        v16f tot[MAX_ROWS];
+        float rest[MAX_ROWS]; /* zero-point terms and the scalar tails */
+        for (int r = 0; r < R; r++) tot[r] = (v16f){0}, rest[r] = 0.0f;
+        for (int64_t g = 0; g < ng; g++) {
+            const uint8_t *pg = p + g * H;
+            const int64_t k0 = g * G;
+            const float s = sc[g];
+            v16f acc[MAX_ROWS];
+            float tail[MAX_ROWS];
+            for (int r = 0; r < R; r++) acc[r] = (v16f){0}, tail[r] = 0.0f;
+            int64_t i = 0;
+            for (; i + LANES <= H; i += LANES) {
+                v16u8 b;
+                memcpy(&b, pg + i, sizeof b);
+                const v16f lo = __builtin_convertvector(b & low, v16f), hi = __builtin_convertvector(b >> 4, v16f);
+                for (int r = 0; r < R; r++) {
+                    const float *xl = j->x + r * K + k0 + i;
+                    acc[r] += load16(xl) * lo + load16(xl + H) * hi;
+                }
+            }
+            for (; i < H; i++) /* group halves that are not a multiple of 16 */
+                for (int r = 0; r < R; r++) {
+                    const float *xl = j->x + r * K + k0 + i;
+                    tail[r] += xl[0] * (float)(pg[i] & 15) + xl[H] * (float)(pg[i] >> 4);
+                }
+            const float zs = s * (float)zp[g];
+            for (int r = 0; r < R; r++) {
+                tot[r] += s * acc[r];
+                rest[r] += s * tail[r] - zs * j->xsum[r * ng + g];
+            }
+        }
+        const float b = j->bias ? j->bias[n] : 0.0f;
+        for (int r = 0; r < R; r++) j->y[r * j->N + n] = hsum16(tot[r]) + rest[r] + b;
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_AVX512_PATH 1
+/* The same two loops written with AVX-512 intrinsics (GCC lowers the vector-extension conversions above to
+ * 4-wide pieces): 16 bytes -> 16 int32 -> 16 floats, one FMA per row of activations. */
+static inline __attribute__((always_inline, target("avx512f"))) void int8_range_512(const Job *j, int64_t n0,
+                                                                                   int64_t n1, const int R) {
+    const int64_t K = j->K;
+    const int8_t *Q = (const int8_t *)j->q;
+    for (int64_t n = n0; n < n1; n++) {
+        const int8_t *q = Q + n * K;
+        __m512 acc[MAX_ROWS];
+        float tail[MAX_ROWS];
+        for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps(), tail[r] = 0.0f;
+        int64_t k = 0;
+        for (; k + LANES <= K; k += LANES) {
+            const __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + k))));
+            for (int r = 0; r < R; r++) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(j->x + r * K + k), w, acc[r]);
+        }
+        for (; k < K; k++)
+            for (int r = 0; r < R; r++) tail[r] += j->x[r * K + k] * (float)q[k];
+        const float s = j->scale[n], b = j->bias ? j->bias[n] : 0.0f;
+        for (int r = 0; r < R; r++) j->y[r * j->N + n] = s * (_mm512_reduce_add_ps(acc[r]) + tail[r]) + b;
+    }
+}
+
+static inline __attribute__((always_inline, target("avx512f"))) void int4_range_512(const Job *j, int64_t n0,
+                                                                                   int64_t n1, const int R) {
+    const int64_t K = j->K, G = j->G, H = j->G / 2, ng = j->K / j->G;
+    const uint8_t *P = (const uint8_t *)j->q;
+    const __m512i low = _mm512_set1_epi32(15);
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *p = P + n * (K / 2);
+        const float *sc = j->scale + n * ng;
+        const uint8_t *zp = j->zero + n * ng;
+        __m512 tot[MAX_ROWS];
+        float rest[MAX_ROWS];
+        for (int r = 0; r < R; r++) tot[r] = _mm512_setzero_ps(), rest[r] = 0.0f;
+        for (int64_t g = 0; g < ng; g++) {
+            const uint8_t *pg = p + g * H;
+            const int64_t k0 = g * G;
+            const float s = sc[g];
+            __m512 acc[MAX_ROWS];
+            float tail[MAX_ROWS];
+            for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps(), tail[r] = 0.0f;
+            int64_t i = 0;
+            for (; i + LANES <= H; i += LANES) {
+                const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(pg + i)));
+                const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(b, low));
+                const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
+                for (int r = 0; r < R; r++) {
+                    const float *xl = j->x + r * K + k0 + i;
+                    acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(xl), lo, acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(xl + H), hi, acc[r]);
+                }
+            }
+            for (; i < H; i++)
+                for (int r = 0; r < R; r++) {
+                    const float *xl = j->x + r * K + k0 + i;
+                    tail[r] += xl[0] * (float)(pg[i] & 15) + xl[H] * (float)(pg[i] >> 4);
+                }
+            const float zs = s * (float)zp[g];
+            const __m512 sv = _mm512_set1_ps(s);
+            for (int r = 0; r < R; r++) {
+                tot[r] = _mm512_fmadd_ps(sv, acc[r], tot[r]);
+                rest[r] += s * tail[r] - zs * j->xsum[r * ng + g];
+            }
+        }
+        const float b = j->bias ? j->bias[n] : 0.0f;
+        for (int r = 0; r < R; r++) j->y[r * j->N + n] = _mm512_reduce_add_ps(tot[r]) + rest[r] + b;
+    }
+}
+
+static __attribute__((target("avx512f"))) void run_range_512(const Job *j, int64_t n0, int64_t n1) {
+#define CASE(RR)                                                                                              \
+    case RR:                                                                                                  \
+        if (j->bits == 8)                                                                                     \
+            int8_range_512(j, n0, n1, RR);                                                                    \
+        else                                                                                                  \
+            int4_range_512(j, n0, n1, RR);                                                                    \
+        break;
+    switch (j->R) {
+        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+    }
+#undef CASE
+}
+#endif
+
+/* the portable loops (vector extensions, compiled for the baseline ISA) */
+static void run_range_generic(const Job *j, int64_t n0, int64_t n1) {
+    /* the row count as a constant in each case: the accumulators of R rows fit in registers */
+#define CASE(RR)                                                                                              \
+    case RR:                                                                                                  \
+        if (j->bits == 8)                                                                                     \
+            int8_range(j, n0, n1, RR);                                                                        \
+        else                                                                                                  \
+            int4_range(j, n0, n1, RR);                                                                        \
+        break;
+    switch (j->R) {
+        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+    }
+#undef CASE
+}
+
+static int use_avx512 = -1; /* decided once: does this CPU have AVX-512F (and the build the path)? */
+
+static void run_range(const Job *j, int64_t n0, int64_t n1) {
+#ifdef HAVE_AVX512_PATH
+    if (use_avx512) {
+        run_range_512(j, n0, n1);
+        return;
+    }
+#endif
+    run_range_generic(j, n0, n1);
+}
+
+/* ------------------------------------------------------------------------------------------ thread pool */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+static pthread_mutex_t call_mu = PTHREAD_MUTEX_INITIALIZER;
+static int pool_size = 0;          /* workers started (the caller is part 0) */
+static int64_t generation = 0;     /* bumped for every job: workers wait for a new value */
+static int pending = 0;            /* parts of the current job not finished yet */
+static const Job *cur_job = NULL;
+static int cur_parts = 0;
+static int64_t cur_chunk = 0;
+static int spin_limit = 20000;     /* polls of `generation` before a worker sleeps (a few tens of us) */
+
+static void run_part(int part) {
+    const int64_t n0 = part * cur_chunk, n1 = n0 + cur_chunk < cur_job->N ? n0 + cur_chunk : cur_job->N;
+    if (n0 < n1) run_range(cur_job, n0, n1);
+}
+
+static void *worker(void *arg) {
+    const int id = (int)(intptr_t)arg; /* 1.. */
+    int64_t seen = 0;
+    for (;;) {
+        int64_t g;
+        int spins = 0;
+        while ((g = __atomic_load_n(&generation, __ATOMIC_ACQUIRE)) == seen && spins < spin_limit) spins++;
+        if (g == seen) {
+            pthread_mutex_lock(&mu);
+            while ((g = __atomic_load_n(&generation, __ATOMIC_ACQUIRE)) == seen) pthread_cond_wait(&cv, &mu);
+            pthread_mutex_unlock(&mu);
+        }
+        seen = g;
+        if (id < cur_parts) {
+            run_part(id);
+            __atomic_sub_fetch(&pending, 1, __ATOMIC_ACQ_REL);
+        }
+    }
+    return NULL;
+}
+
+static void grow_pool(int workers) {
+    while (pool_size < workers && pool_size < MAX_THREADS - 1) {
+        pthread_t th;
+        if (pthread_create(&th, NULL, worker, (void *)(intptr_t)(pool_size + 1)) != 0) break;
+        pthread_detach(th);
+        pool_size++;
+    }
+}
+
+static void after_fork_child(void) { /* the pool's threads do not exist in a forked child */
+    pthread_mutex_init(&mu, NULL);
+    pthread_cond_init(&cv, NULL);
+    pthread_mutex_init(&call_mu, NULL);
+    pool_size = 0;
+    pending = 0;
+}
+
+static void run_job(const Job *j, int nthreads) {
+    if (nthreads > 1) grow_pool(nthreads - 1);
+    int parts = nthreads < pool_size + 1 ? nthreads : pool_size + 1;
+    if (parts < 1) parts = 1;
+    /* contiguous row ranges, a multiple of 8 rows each so no two threads write the same cache line of y */
+    int64_t chunk = (j->N + parts - 1) / parts;
+    chunk = (chunk + 7) / 8 * 8;
+    if (parts == 1) {
+        run_range(j, 0, j->N);
+        return;
+    }
+    cur_job = j, cur_parts = parts, cur_chunk = chunk;
+    __atomic_store_n(&pending, parts - 1, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&mu);
+    __atomic_add_fetch(&generation, 1, __ATOMIC_ACQ_REL);
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mu);
+    run_part(0);
+    for (int spins = 0; __atomic_load_n(&pending, __ATOMIC_ACQUIRE) > 0; spins++)
+        if (spins > 1000) sched_yield(); /* a worker was asleep or descheduled: let it run */
+}
+
+/* ------------------------------------------------------------------------------------------ Python */
+static PyObject *gemv(PyObject *self, PyObject *args) {
+    int bits, nthreads;
+    unsigned long long x, q, scale, zero, xsum, bias, y;
+    long long R, N, K, G;
+    if (!PyArg_ParseTuple(args, "iKKKKKKKLLLLi", &bits, &x, &q, &scale, &zero, &xsum, &bias, &y, &R, &N, &K, &G,
+                          &nthreads))
+        return NULL;
+    if ((bits != 8 && bits != 4) || R < 1 || R > MAX_ROWS || N < 1 || K < 1 ||
+        (bits == 4 && (G < 2 || G % 2 || K % G))) {
+        PyErr_Format(PyExc_ValueError, "quant gemv: unsupported bits=%d rows=%lld N=%lld K=%lld group=%lld", bits, R,
+                     N, K, G);
+        return NULL;
+    }
+    Job j = {bits, (const float *)x, (const void *)q, (const float *)scale, (const uint8_t *)zero,
+             (const float *)xsum, bias ? (const float *)bias : NULL, (float *)y, R, N, K, G};
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&call_mu); /* one job at a time: callers from several Python threads queue here */
+    run_job(&j, nthreads < 1 ? 1 : nthreads);
+    pthread_mutex_unlock(&call_mu);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *isa(PyObject *self, PyObject *args) { return PyUnicode_FromString(use_avx512 ? "avx512f" : "generic"); }
+
+static PyMethodDef methods[] = {
+    {"gemv", gemv, METH_VARARGS,
+     "gemv(bits, x, q, scale, zero, xsum, bias, y, R, N, K, group, nthreads): y (R, N) = x (R, K) W^T (+ bias) "
+     "with W int8 per channel (bits 8) or int4 group-wise (bits 4); fp32, addresses of contiguous buffers"},
+    {"isa", isa, METH_NOARGS, "isa(): the instruction set of the loops in use ('avx512f' or 'generic')"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_quant_gemv", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__quant_gemv(void) {
+#ifdef HAVE_AVX512_PATH
+    __builtin_cpu_init();
+    use_avx512 = __builtin_cpu_supports("avx512f") && !getenv("SCRATCHLM_NO_AVX512");
+#else
+    use_avx512 = 0;
+#endif
+    pthread_atfork(NULL, NULL, after_fork_child);
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,103 @@
+"""Weight-only int8 / int4 linears for a few rows on CPU, reading the quantised bytes (`_quant_gemv.c`).
+
+    y = quant_linear_cpu(x, 8, qweight, scale, None, 0, bias)            # Int8Linear's weights
+    y = quant_linear_cpu(x, 4, qweight, scale, zero, group_size, bias)   # Int4Linear's weights
+    why = cpu_unsupported(x, qweight)                                    # '' when the kernel takes them
+
+Decoding is bound by reading the weights. The reference path of compress/quant.py dequantises the whole
+matrix to float and calls `F.linear` (it reads the quantised bytes, writes and reads the float matrix:
+slower than fp32). The compiled kernel reads 1 byte (int8) or ~0.56 byte (int4 with its scales and zero
+points) per weight instead of fp32's 4, unpacks and converts in registers, and applies each scale / zero
+once per group. Rows of activations: 1..MAX_ROWS (decode steps, small batches); more rows go to the
+reference (a GEMM there re-reads the dequantised matrix from cache, so the dequantise is amortised).
+
+The kernel is built by setup.py where a C compiler exists; without it `cpu_unsupported` says so and the
+modules use the reference. Results match the reference up to fp32 rounding (a different summation order).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from scratchlm.errors import ScratchLMError
+
+try:  # built by setup.py where a C compiler exists (optional, like the paged decode kernel)
+    from scratchlm.kernels import _quant_gemv
+except ImportError:  # pragma: no cover - depends on the install
+    _quant_gemv = None
+
+MAX_ROWS = 8  # the C kernel's specialisations; beyond this dequantise + GEMM is as good
+MIN_THREAD_WEIGHTS = 1 << 16  # below ~64k weights one thread finishes before a second one wakes
+
+
+def cpu_unsupported(x: Tensor, qweight: Tensor) -> str:
+    """'' if the compiled kernel takes activations `x` (..., K) against `qweight`, else why not."""
+    if _quant_gemv is None:
+        return "the compiled kernel scratchlm.kernels._quant_gemv is not built (no C compiler at install)"
+    if x.device.type != "cpu" or qweight.device.type != "cpu":
+        return f"tensors on {x.device} / {qweight.device}"
+    if x.dtype != torch.float32:
+        return f"activations of dtype {x.dtype} (the compiled kernel takes float32)"
+    rows = x.numel() // max(x.shape[-1], 1)
+    if not 1 <= rows <= MAX_ROWS:
+        return f"{rows} rows of activations (the compiled kernel takes 1..{MAX_ROWS})"
+    if torch.is_grad_enabled() and x.requires_grad:
+        return "gradients flow through the activations (the compiled kernel has no backward)"
+    return ""
+
+
+def quant_linear_cpu(
+    x: Tensor,
+    bits: int,
+    qweight: Tensor,
+    scale: Tensor,
+    zero: Tensor | None,
+    group_size: int,
+    bias: Tensor | None = None,
+    threads: int | None = None,
+) -> Tensor:
+    """x (..., K) fp32 @ W^T (+ bias) -> (..., N), W given in quant.py's int8 (bits 8) or int4 (bits 4) form."""
+    why = cpu_unsupported(x, qweight)
+    if why:
+        raise ScratchLMError(f"quant_linear_cpu: {why}")
+    n = qweight.shape[0]
+    k = x.shape[-1]
+    if bits == 8:
+        ok = qweight.dtype == torch.int8 and qweight.shape == (n, k) and scale.shape == (n,)
+    elif bits == 4:
+        ok = (
+            group_size >= 2
+            and group_size % 2 == 0
+            and k % group_size == 0
+            and qweight.dtype == torch.uint8
+            and qweight.shape == (n, k // 2)
+            and zero is not None
+            and scale.shape == zero.shape == (n, k // group_size)
+            and zero.dtype == torch.uint8
+        )
+    else:
+        ok = False
+    if not ok or (bias is not None and bias.shape != (n,)):
+        raise ScratchLMError(
+            f"quant_linear_cpu: bits={bits} group={group_size} weights {tuple(qweight.shape)} {qweight.dtype}, "
+            f"scale {tuple(scale.shape)}, bias {None if bias is None else tuple(bias.shape)} do not fit inputs "
+            f"of width {k}"
+        )
+    rows = x.numel() // k
+    x2 = x.reshape(rows, k).contiguous()  # (R, K); a copy only for non-contiguous inputs
+    q = qweight.contiguous()
+    s = scale.to(torch.float32).contiguous()
+    z = zero.contiguous() if bits == 4 else None
+    # sum of each group's activations, for the zero-point term: (R, K / g)
+    xsum = x2.view(rows, k // group_size, group_size).sum(-1).contiguous() if bits == 4 else None
+    b = bias.detach().to(torch.float32).contiguous() if bias is not None else None
+    y = torch.empty(rows, n, dtype=torch.float32)
+    if threads is None:
+        threads = torch.get_num_threads() if n * k >= MIN_THREAD_WEIGHTS else 1
+    _quant_gemv.gemv(
+        bits, x2.data_ptr(), q.data_ptr(), s.data_ptr(), z.data_ptr() if z is not None else 0,
+        xsum.data_ptr() if xsum is not None else 0, b.data_ptr() if b is not None else 0, y.data_ptr(),
+        rows, n, k, group_size if bits == 4 else 0, threads,
+    )  # fmt: skip
+    return y.view(*x.shape[:-1], n)
