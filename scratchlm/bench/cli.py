@@ -66,7 +66,7 @@ def register(subparsers) -> None:
 
 def cmd_model(args: argparse.Namespace) -> int:
     from scratchlm.bench.model import ModelBenchConfig, format_result, result_json, run_model_bench
-    from scratchlm.io import atomic_write
+    from scratchlm.io import atomic_write, check_writable
 
     cfg = ModelBenchConfig(
         preset=args.preset,
@@ -85,6 +85,8 @@ def cmd_model(args: argparse.Namespace) -> int:
         seed=args.seed,
         peak_n=args.peak_n,
     )
+    if args.json:
+        check_writable(args.json, "JSON result", file=True)
     result = run_model_bench(cfg)
     if "profile" in result:
         print(result["profile"]["table_text"])
@@ -98,7 +100,7 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 def cmd_allreduce(args: argparse.Namespace) -> int:
     from scratchlm.bench.collectives import AllReduceConfig, format_rows, parse_sizes, run_allreduce_bench
-    from scratchlm.io import write_json
+    from scratchlm.io import check_writable, write_json
 
     cfg = AllReduceConfig(
         nproc=args.nproc,
@@ -108,6 +110,8 @@ def cmd_allreduce(args: argparse.Namespace) -> int:
         iters=args.iters,
         dtype=args.dtype,
     )
+    if args.json:
+        check_writable(args.json, "JSON result", file=True)
     result = run_allreduce_bench(cfg)
     if result is None:  # a non-zero rank under torchrun: rank 0 reports
         return 0

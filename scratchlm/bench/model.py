@@ -12,7 +12,7 @@ timed separately too (a sync between them).
 
 FLOPs come from the model's own accounting (`model.accounting.flops_per_token`, causal: the work
 causal attention needs; 1 multiply-add = 2 FLOPs): forward = F x tokens, backward = 2F x tokens, the
-optimizer's elementwise work not counted. MFU = model FLOPs per step / step time / peak, the peak
+optimizer's elementwise work not counted. MFU = model FLOPs per step / median step time / peak, the peak
 being a large matmul measured on the same device in the same run, in the dtype the matmuls run in
 (fp32, or bf16 under autocast): what this device actually reaches, not a datasheet figure.
 
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.io import atomic_write, write_json
+from scratchlm.io import atomic_write, check_writable, write_json
 from scratchlm.model.config import ModelConfig
 
 MODES = ("fwd", "fwd_bwd", "step")
@@ -307,8 +307,11 @@ def run_model_bench(cfg: ModelBenchConfig, log=print) -> dict:
     device = torch.device(cfg.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    # outputs checked before the (possibly long) run
     if cfg.profile_dir:
-        Path(cfg.profile_dir).mkdir(parents=True, exist_ok=True)
+        check_writable(Path(cfg.profile_dir) / "trace.json", "profiler trace", file=True)
+    if cfg.memory_snapshot:
+        check_writable(cfg.memory_snapshot, "memory snapshot", file=True)
 
     from scratchlm.model.accounting import count_params
     from scratchlm.model.transformer import TransformerLM

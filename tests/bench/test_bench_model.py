@@ -164,3 +164,13 @@ def test_cuda_memory_snapshot(tmp_path):
     assert main([*args, "--json", str(tmp_path / "r.json")]) == 0
     r = json.loads((tmp_path / "r.json").read_text())
     assert snap.stat().st_size > 0 and r["memory"]["peak_allocated_bytes"] > 0
+
+
+def test_unwritable_outputs_are_refused_before_the_run(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    assert main(["bench", "model", *TINY, "--memory-snapshot", str(tmp_path)]) == 1
+    assert "cannot write the memory snapshot" in capsys.readouterr().err
+    assert main(["bench", "model", *TINY, "--profile", str(blocker / "prof")]) == 1
+    assert "cannot write the profiler trace" in capsys.readouterr().err
+    assert blocker.read_text() == "keep me"
