@@ -73,6 +73,43 @@ def test_activation_checkpointing_keeps_loss_and_gradients(kw):
     assert saved_activations(wrapped) < saved_activations(plain) / 2  # the blocks' activations are not kept
 
 
+def test_selective_checkpointing_keeps_gradients_and_saves_between_none_and_full():
+    plain, full, selective = model(), model(), model()
+    parallelize(full, cfg(parallel={"activation_checkpointing": "full"}), CPU)
+    parallelize(selective, cfg(activation_checkpointing=True, parallel={"activation_checkpointing": "selective"}), CPU)
+    assert all(isinstance(b, CheckpointWrapper) for b in selective.blocks.values())
+    loss_a, grads_a = loss_and_grads(plain, plain)
+    loss_b, grads_b = loss_and_grads(selective, selective)
+    assert torch.equal(loss_a, loss_b)
+    for name, g in grads_a.items():
+        torch.testing.assert_close(grads_b[name], g, atol=0, rtol=0, msg=name)
+    # the backward recomputes no matmul under selective checkpointing (their outputs are kept), every block
+    # matmul under full checkpointing; both recompute the cheap ops (here: the activation function)
+    mm_plain, act_plain = backward_ops(plain)
+    mm_full, act_full = backward_ops(full)
+    mm_sel, act_sel = backward_ops(selective)
+    assert mm_sel == mm_plain < mm_full and act_plain < act_sel == act_full
+
+
+def backward_ops(m: nn.Module) -> tuple[int, int]:
+    """(matmuls, activation-function calls) run by the backward of one step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        mm = act = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.__name__.split(".")[0]
+            Count.mm += name in ("mm", "addmm", "bmm")
+            Count.act += name in ("silu", "gelu", "relu")
+            return func(*args, **(kwargs or {}))
+
+    loss = LMLoss()(m(batch()[0]), batch()[1])[0]
+    with Count():
+        loss.backward()
+    return Count.mm, Count.act
+
+
 def test_activation_checkpointing_wraps_a_module_list_too():
     class Stack(nn.Module):
         def __init__(self):

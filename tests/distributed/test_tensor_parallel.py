@@ -13,7 +13,7 @@ from parity import assert_parity, parallel_worker, reference
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gloo multiprocess tests run on Linux")
 
 
-@pytest.mark.parametrize("sp", [False, True], ids=["tp", "tp+sp"])
+@pytest.mark.parametrize("sp", [pytest.param(False, marks=pytest.mark.slow), True], ids=["tp", "tp+sp"])
 def test_tensor_parallel_two_processes_match_one(sp):
     results = run_ranks(parallel_worker, 2, ({"tp": 2, "sequence_parallel": sp}, {}))
     assert results[0]["dims"] == {"tp": 2}
