@@ -24,6 +24,18 @@ def register(sub) -> None:
     d.add_argument("--out", help="run directory (--set out_dir=...)")
     d.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
     d.set_defaults(func=cmd_dpo)
+    for verb, help_, func in (
+        ("grpo", "GRPO / REINFORCE from a verifier, rollouts through the engine", cmd_grpo),
+        ("expert-iter", "expert iteration: sample, keep verified-correct, SFT", cmd_expert_iter),
+    ):
+        g = verbs.add_parser(verb, help=help_)
+        add_config_arguments(g, "align")
+        g.add_argument("--model", help="policy: pretrained name, model or run directory (--set model=...)")
+        g.add_argument("--prompts", help='JSONL(.gz) of {"prompt", "answer"} (--set prompts=...)')
+        g.add_argument("--reward", help="verifier: gsm8k | mmlu | r1 | format | math | module:function")
+        g.add_argument("--out", help="run directory (--set out_dir=...)")
+        g.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+        g.set_defaults(func=func)
 
 
 def _resolve(cls, args, resume_dir: Path | None):
@@ -36,6 +48,49 @@ def _resolve(cls, args, resume_dir: Path | None):
             raise ScratchLMError(f"cannot resume {resume_dir}: no config.toml there (not an align run directory?)")
         return load_config(cls, "align", str(snapshot), args.overrides, base={"out_dir": str(resume_dir)})
     return config_from_args(cls, "align", args, {"model": args.model, "data": args.data, "out_dir": args.out})
+
+
+def _prepare(cls, args, extra: dict):
+    from scratchlm.errors import ScratchLMError
+    from scratchlm.io import atomic_write
+
+    if args.resume is not None:
+        cfg = _resolve(cls, args, args.resume)
+    else:
+        cfg = config_from_args(cls, "align", args, {"out_dir": args.out, **extra})
+    if args.print_config:
+        print(to_toml(cfg), end="")
+        return None
+    if not cfg.prompts:
+        raise ScratchLMError("no prompts: pass --prompts FILE.jsonl (or --set prompts=...)")
+    out = Path(cfg.out_dir)
+    if args.resume is None:
+        if out.exists() and any(out.iterdir()):
+            raise ScratchLMError(f"{out} exists and is not empty: choose another --out, or --resume it")
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out / "config.toml", "w") as f:
+            f.write(to_toml(cfg))
+    return cfg
+
+
+def cmd_grpo(args: argparse.Namespace) -> int:
+    from scratchlm.align.grpo import GRPOConfig, train_grpo
+
+    cfg = _prepare(GRPOConfig, args, {"model": args.model, "prompts": args.prompts, "reward": args.reward})
+    if cfg is not None:
+        summary = train_grpo(cfg, resume=args.resume is not None)
+        print(json.dumps({"evals": summary["evals"], "model_dir": summary["model_dir"]}, indent=1))
+    return 0
+
+
+def cmd_expert_iter(args: argparse.Namespace) -> int:
+    from scratchlm.align.expert_iter import ExpertIterConfig, train_expert_iter
+
+    cfg = _prepare(ExpertIterConfig, args, {"model": args.model, "prompts": args.prompts, "reward": args.reward})
+    if cfg is not None:
+        summary = train_expert_iter(cfg, resume=args.resume is not None)
+        print(json.dumps({"evals": summary["evals"], "model_dir": summary["model_dir"]}, indent=1))
+    return 0
 
 
 def cmd_dpo(args: argparse.Namespace) -> int:
