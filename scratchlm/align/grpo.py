@@ -121,7 +121,10 @@ def load_tasks(path: str, chat, max_prompt_len: int, on_error: str = "skip") -> 
         else:
             ids = prompt_ids(chat, prompt)
             if len(ids) > max_prompt_len:
-                problem = f"{Path(path).name} record {i}: prompt of {len(ids)} tokens > {max_prompt_len} (context - max_tokens)"
+                problem = (
+                    f"{Path(path).name} record {i}: prompt of {len(ids)} tokens > {max_prompt_len}"
+                    " (context - max_tokens)"
+                )
             elif not ids:
                 problem = f"{Path(path).name} record {i}: empty prompt"
         if problem:
@@ -147,8 +150,8 @@ class RolloutTargets:
     ref_log_probs: Tensor | None = None
 
     def to(self, device) -> RolloutTargets:
-        return RolloutTargets(*(None if t is None else t.to(device) for t in (
-            self.labels, self.mask, self.advantages, self.raw_rewards, self.old_log_probs, self.ref_log_probs)))  # fmt: skip
+        fields = (self.labels, self.mask, self.advantages, self.raw_rewards, self.old_log_probs, self.ref_log_probs)
+        return RolloutTargets(*(None if t is None else t.to(device) for t in fields))
 
 
 @dataclass
@@ -230,7 +233,8 @@ def build_micro_batches(ro, idx: list[int], adv: Tensor, raw: Tensor, old_lp: Te
 def _subset(ro, rows):
     from scratchlm.align.rollout import Rollouts
 
-    return Rollouts(*([getattr(ro, f)[j] for j in rows] for f in ("prompt_ids", "response_ids", "texts", "log_probs", "finish_reasons")))  # fmt: skip
+    names = ("prompt_ids", "response_ids", "texts", "log_probs", "finish_reasons")
+    return Rollouts(*([getattr(ro, f)[j] for j in rows] for f in names))
 
 
 def _with_log_probs(ro, lps):

@@ -143,3 +143,34 @@ def test_bad_prompt_files_are_named(tmp_path):
         GRPOConfig(loss_type="ppo").validate()
     with pytest.raises(ScratchLMError, match="train_batch"):
         GRPOConfig(prompts_per_step=2, group_size=3, train_batch=4).validate()
+
+
+def test_expert_iteration_keeps_only_verified_responses(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from scratchlm.align.expert_iter import ExpertIterConfig, train_expert_iter
+
+    mod = types.ModuleType("ei_rewards_mod")
+    mod.score = lambda response, truth: float(response.startswith("7"))  # some samples pass, most do not
+    monkeypatch.setitem(sys.modules, "ei_rewards_mod", mod)
+    prompts = write_task_jsonl(arithmetic_task(10, seed=4, digits=1), tmp_path / "p.jsonl")
+    cfg = ExpertIterConfig(prompts=str(prompts), out_dir=str(tmp_path / "ei"), held_out=2, rounds=2,
+                           prompts_per_round=4, group_size=16, sft_steps=2, batch_size=4, max_tokens=3,
+                           reward="ei_rewards_mod:score", lr=1e-3, kv_cache_mb=4)  # fmt: skip
+    train_expert_iter(cfg, model_and_chat=tiny())
+    recs = [json.loads(x) for x in (tmp_path / "ei" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r["kind"] == "train"]
+    assert len(train) == 2
+    for r in train:
+        assert r["kept"] <= r["correct"] <= r["sampled"] == 64
+        assert (r["sft_loss_first"] is None) == (r["kept"] == 0)
+
+
+def test_arithmetic_task_is_seeded_and_correct():
+    a, b = arithmetic_task(50, seed=1, ops="+-*"), arithmetic_task(50, seed=1, ops="+-*")
+    assert a == b and a != arithmetic_task(50, seed=2, ops="+-*")
+    for r in a:
+        assert int(eval(r["prompt"].rstrip("="))) == int(r["answer"])  # noqa: S307 - our own digits and ops
+    with pytest.raises(ScratchLMError):
+        arithmetic_task(1, ops="/")
