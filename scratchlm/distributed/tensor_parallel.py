@@ -17,7 +17,10 @@ q/k/v and gate/up (the same bytes), and norm activations take 1/tp of the memory
 
 from __future__ import annotations
 
-from torch import nn
+import functools
+
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import (
@@ -29,6 +32,12 @@ from torch.distributed.tensor.parallel import (
 )
 
 from scratchlm.errors import ScratchLMError
+
+
+def _sharded_lookup(embed: nn.Module, ids: Tensor) -> Tensor:
+    out = F.embedding(ids, embed.weight)  # (B, T, D)
+    scale = getattr(embed, "scale", None)  # ScaledEmbedding: rows times sqrt(D)
+    return out if scale is None else out * float(scale)
 
 
 def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool = True) -> nn.Module:
@@ -46,6 +55,10 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parall
     }
     if sequence_parallel and not isinstance(model.norm, nn.Identity):
         root_plan["norm"] = SequenceParallel(use_local_output=True)
+    # F.embedding on the vocab-sharded table: each rank looks up the rows it holds (zeros elsewhere) and one
+    # all-reduce / reduce-scatter of (B, T, D) completes them; the model's own index_select would make DTensor
+    # all-gather the whole (V, D) table every step
+    model.embed.forward = functools.partial(_sharded_lookup, model.embed)
     parallelize_module(model, tp_mesh, root_plan)
     if tied:  # both Shard(0) over the vocabulary: one parameter again
         model.head.weight = model.embed.weight

@@ -68,7 +68,10 @@ def parallel_worker(rank: int, world: int, parallel: dict, kw: dict) -> dict:
     per = BATCH // dims.dp
     losses = train(fwd, model, cfg, slice(mesh.dp_rank * per, (mesh.dp_rank + 1) * per))
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
-    return {"losses": losses, "params": {k: v.detach().clone() for k, v in full.items()}, "dims": dims.enabled}
+    out = {"losses": losses, "params": {k: v.detach().clone() for k, v in full.items()}, "dims": dims.enabled}
+    if dims.enabled == {"tp": dims.tp}:  # tensor parallel alone: the communication of one step, counted
+        out["comm"] = comm_volume(fwd, batches()[0][0])
+    return out
 
 
 def assert_parity(results: list[dict], ref: tuple[list[float], dict[str, torch.Tensor]]) -> None:
@@ -84,3 +87,32 @@ def assert_parity(results: list[dict], ref: tuple[list[float], dict[str, torch.T
 def _initial() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     return TransformerLM(config().model).state_dict()
+
+
+def comm_volume(model, x) -> dict[str, dict[str, int]]:
+    """Elements moved by the collectives of one forward and one backward of `model` on `x`, per pass and kind:
+    all_reduce and reduce_scatter count their (full) input, all_gather its (full) output: the B*T*D-sized
+    tensors of the textbook formulas."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.elems: dict[str, int] = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.__name__.split(".")[0]
+            kind = {"all_reduce": "all_reduce", "all_gather_into_tensor": "all_gather"}.get(name)
+            kind = kind or ("reduce_scatter" if name == "reduce_scatter_tensor" else None)
+            if kind:
+                self.elems[kind] = self.elems.get(kind, 0) + (out if kind == "all_gather" else args[0]).numel()
+            return out
+
+    fwd, bwd = Count(), Count()
+    with fwd:
+        loss = model(x).logsumexp(-1).mean()
+    with bwd:
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return {"forward": fwd.elems, "backward": bwd.elems}

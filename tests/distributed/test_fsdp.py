@@ -16,3 +16,11 @@ def test_fsdp2_two_processes_match_one():
     results = run_ranks(parallel_worker, 2, ({"dp_shard": -1}, {}))
     assert results[0]["dims"] == {"dp_shard": 2}
     assert_parity(results, reference())
+
+
+@pytest.mark.slow
+def test_hsdp_four_processes_match_one():
+    """dp_replicate=2 x dp_shard=2: shards within a pair, gradients all-reduced between the pairs."""
+    results = run_ranks(parallel_worker, 4, ({"dp_replicate": 2, "dp_shard": 2}, {}))
+    assert results[0]["dims"] == {"dp_replicate": 2, "dp_shard": 2}
+    assert_parity(results, reference())
