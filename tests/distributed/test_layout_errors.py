@@ -77,7 +77,7 @@ def _rank(rank: int, port: int, fail: str, q) -> None:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo multiprocess tests run on Linux")
-@pytest.mark.parametrize("fail", ["dies", "hangs"])
+@pytest.mark.parametrize("fail", ["dies", pytest.param("hangs", marks=pytest.mark.slow)])
 def test_a_rank_that_dies_or_hangs_stops_the_others_with_a_clear_error(fail):
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
