@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
+from pathlib import Path
 
 import torch
 
@@ -42,7 +44,12 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--quick", action="store_true", help="small, fwd, fp32, 1 step: a smoke test")
     ap.add_argument("--out", default="model_sizes", help="results file stem in benchmarks/results")
+    ap.add_argument("--render", metavar="JSON", help="only rewrite the markdown of a saved results file")
     args = ap.parse_args()
+    if args.render:
+        raw = json.loads(Path(args.render).read_text())
+        save_report(RESULTS, args.out, render(raw), raw)
+        return
     cuda = args.device.startswith("cuda")
     sizes = (args.sizes or (",".join(CS336_SIZES) if cuda else "small,medium")).split(",")
     contexts = [int(t) for t in (args.contexts or ("128,256,512,1024" if cuda else "128")).split(",")]
@@ -85,9 +92,22 @@ def main() -> None:
                     )
 
     device_name = torch.cuda.get_device_name(0) if cuda else f"{platform.processor() or platform.machine()} CPU"
-    header = ["size", "params", "T", "precision", "mode", "median ms", "std ms", "tokens/s", "TFLOP/s", "peak", "MFU"]
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = "python -m benchmarks.bench_model_sizes " + " ".join(sys.argv[1:])
+    raw = dict(date=date, device=device_name, cuda=cuda, torch=torch.__version__, threads=torch.get_num_threads())
+    raw.update(batch=batch, warmup=warmup, steps=steps, cpu_count=os.cpu_count(), command=command)
+    raw.update(loadavg_at_end=os.getloadavg()[0], records=records)
+    save_report(RESULTS, args.out, render(raw), raw)
+
+
+def render(raw: dict) -> str:
+    """The markdown report of a results dict (also `--render FILE.json`, to redo the table of a saved run)."""
+    cuda = raw.get("cuda", False)
+    unit, scale = ("TFLOP/s", 1.0) if cuda else ("GFLOP/s", 1e3)
+    header = ["size", "params", "T", "precision", "mode", "median ms", "std ms", "tokens/s", unit, f"peak {unit}"]
+    header.append("MFU")
     rows = []
-    for r in records:
+    for r in raw["records"]:
         if r.get("oom"):
             rows.append([r["size"], "", r["seq_len"], r["precision"], r["mode"], "OOM", "", "", "", "", ""])
             continue
@@ -95,32 +115,28 @@ def main() -> None:
             [
                 r["size"], f"{r['params'] / 1e6:.0f}M", r["seq_len"], r["precision"], r["mode"],
                 f"{r['median_ms']:.1f}", f"{r['std_ms']:.1f}", f"{r['tokens_per_s']:.0f}",
-                f"{r['achieved_tflops']:.3f}", f"{r['peak_tflops']:.3f}", f"{100 * r['mfu']:.1f}%",
+                f"{scale * r['achieved_tflops']:.1f}", f"{scale * r['peak_tflops']:.1f}", f"{100 * r['mfu']:.1f}%",
             ]
         )  # fmt: skip
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    command = "python -m benchmarks.bench_model_sizes " + " ".join(sys.argv[1:])
-    md = "\n".join(
+    load = f", load average {raw['loadavg_at_end']:.1f} at the end" if "loadavg_at_end" in raw else ""
+    shared = f"; CPU shared with other jobs{load}: medians, std shows the noise" if not cuda else ""
+    return "\n".join(
         [
             "# CS336 model sizes: forward and forward+backward, fp32 vs bf16 autocast",
             "",
-            f"- {date}; device {device_name}; torch {torch.__version__}, {torch.get_num_threads()} threads;"
-            f" batch {batch}; {warmup} warmup + {steps} timed steps per cell"
-            + ("; CPU shared with other jobs: medians (std shows the noise)" if not cuda else ""),
+            f"- {raw['date']}; device {raw['device']}; torch {raw['torch']}, {raw['threads']} threads;"
+            f" batch {raw['batch']}; {raw['warmup']} warmup + {raw['steps']} timed steps per cell{shared}",
             "- model: pre-norm RMSNorm, RoPE, SwiGLU with d_ff = 4 d_model, untied head, vocab 10,000"
             " (so parameter counts exceed the size names, e.g. small 129M).",
             "- fwd: forward under no_grad; fwd_bwd: forward + cross-entropy + backward. FLOPs: the model's causal"
             " count (`flops_per_token`), backward = 2x forward. MFU = FLOPs / median step / peak, the peak a"
-            " measured matmul (n = 2048 on CPU, 8192 on CUDA) in the precision the matmuls run in.",
-            f"- rerun: `{command}`",
+            " matmul (n = 2048 on CPU, 8192 on CUDA) measured in the same run in the precision the matmuls run in.",
+            f"- rerun: `{raw.get('command', 'python -m benchmarks.bench_model_sizes')}`",
             "",
             markdown_table(header, rows),
             "",
         ]
     )
-    raw = dict(date=date, device=device_name, torch=torch.__version__, threads=torch.get_num_threads(), batch=batch)
-    raw.update(warmup=warmup, steps=steps, cpu_count=os.cpu_count(), command=command, records=records)
-    save_report(RESULTS, args.out, md, raw)
 
 
 if __name__ == "__main__":
