@@ -1,4 +1,4 @@
-"""`scratchlm align dpo | grpo`: alignment stages over a model, writing a run directory with a model directory.
+"""`scratchlm align dpo | grpo | ppo | expert-iter`: alignment stages writing a run directory with a model directory.
 
 scratchlm align dpo --model smollm2-135m-instruct --data ../shared/data/instruct/hh_rlhf_harmless_test.jsonl.gz \
     --out runs/dpo --set steps=40 --set beta=0.1
@@ -26,6 +26,7 @@ def register(sub) -> None:
     d.set_defaults(func=cmd_dpo)
     for verb, help_, func in (
         ("grpo", "GRPO / REINFORCE from a verifier, rollouts through the engine", cmd_grpo),
+        ("ppo", "PPO from a verifier: value head, GAE, clipped policy and value losses", cmd_ppo),
         ("expert-iter", "expert iteration: sample, keep verified-correct, SFT", cmd_expert_iter),
     ):
         g = verbs.add_parser(verb, help=help_)
@@ -79,6 +80,16 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     cfg = _prepare(GRPOConfig, args, {"model": args.model, "prompts": args.prompts, "reward": args.reward})
     if cfg is not None:
         summary = train_grpo(cfg, resume=args.resume is not None)
+        print(json.dumps({"evals": summary["evals"], "model_dir": summary["model_dir"]}, indent=1))
+    return 0
+
+
+def cmd_ppo(args: argparse.Namespace) -> int:
+    from scratchlm.align.ppo import PPOConfig, train_ppo
+
+    cfg = _prepare(PPOConfig, args, {"model": args.model, "prompts": args.prompts, "reward": args.reward})
+    if cfg is not None:
+        summary = train_ppo(cfg, resume=args.resume is not None)
         print(json.dumps({"evals": summary["evals"], "model_dir": summary["model_dir"]}, indent=1))
     return 0
 

@@ -174,3 +174,26 @@ def test_arithmetic_task_is_seeded_and_correct():
         assert int(eval(r["prompt"].rstrip("="))) == int(r["answer"])  # noqa: S307 - our own digits and ops
     with pytest.raises(ScratchLMError):
         arithmetic_task(1, ops="/")
+
+
+def test_ppo_runs_trains_the_value_head_and_resumes_exactly(tmp_path):
+    from scratchlm.align.ppo import PPOConfig, train_ppo
+
+    prompts = write_task_jsonl(arithmetic_task(12, seed=5, digits=1), tmp_path / "p.jsonl")
+    kw = dict(prompts=str(prompts), held_out=4, steps=2, prompts_per_step=8, group_size=1, micro_batch=4,
+              train_batch=4, epochs_per_batch=2, max_tokens=5, lr=1e-3, seed=1, kv_cache_mb=4, checkpoint_every=1,
+              kl_coef=0.05)  # fmt: skip
+    train_ppo(PPOConfig(out_dir=str(tmp_path / "a"), **kw), model_and_chat=tiny())
+    recs = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r["kind"] == "train"]
+    assert len(train) == 2 and all("value_loss" in r and "clip_fraction" in r for r in train)
+    direct = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
+    assert direct["value_head.proj.weight"].abs().sum() > 0  # the zero-initialised head was trained
+    cfg = PPOConfig(out_dir=str(tmp_path / "b"), **kw)
+    train_ppo(cfg, stop_after=1, model_and_chat=tiny())
+    train_ppo(cfg, resume=True, model_and_chat=tiny())
+    resumed = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
+    for k in direct:
+        assert torch.equal(direct[k], resumed[k]), k
+    with pytest.raises(ScratchLMError, match="grpo_clip"):
+        PPOConfig(loss_type="no_baseline").validate()
