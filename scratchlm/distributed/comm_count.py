@@ -13,7 +13,8 @@ the gathered output for all_gather, the scattered input for reduce_scatter, the 
 send/recv. `bus` is what one rank moves over its links under the ring algorithms, so it can be set
 against textbook formulas: all_reduce 2 (N - 1) / N x payload (a reduce-scatter then an all-gather),
 all_gather and reduce_scatter (N - 1) / N x payload, broadcast, send and recv 1 x payload (a pipelined
-chain), all_to_all (N - 1) / N x payload.
+chain), all_to_all (N - 1) / N x payload. A collective called from inside another counted one (a
+deprecated name forwarding to its new one) is counted once, under the name the caller used.
 
 Only calls made through the `torch.distributed` module attributes are seen (`dist.all_reduce(...)` in the
 project's own DDP / ZeRO, ring attention, pipeline). torch DDP's C++ reducer, FSDP2 and DTensor issue
@@ -23,6 +24,7 @@ their collectives below Python (c10d / functional collectives) and are not count
 from __future__ import annotations
 
 import inspect
+import threading
 from collections import Counter
 from contextlib import contextmanager
 
@@ -36,19 +38,26 @@ _OPS: dict[str, tuple[str, object]] = {
     "reduce": ("tensor", lambda n: 1.0),
     "all_gather": ("tensor_list", lambda n: (n - 1) / n),
     "all_gather_into_tensor": ("output_tensor", lambda n: (n - 1) / n),
+    "all_gather_single": ("output_tensor", lambda n: (n - 1) / n),
     "reduce_scatter": ("input_list", lambda n: (n - 1) / n),
     "reduce_scatter_tensor": ("input", lambda n: (n - 1) / n),
+    "reduce_scatter_single": ("input", lambda n: (n - 1) / n),
     "all_to_all_single": ("input", lambda n: (n - 1) / n),
+    "all_to_all": ("input_tensor_list", lambda n: (n - 1) / n),
     "send": ("tensor", lambda n: 1.0),
     "recv": ("tensor", lambda n: 1.0),
     "isend": ("tensor", lambda n: 1.0),
     "irecv": ("tensor", lambda n: 1.0),
+    "batch_isend_irecv": ("p2p_op_list", lambda n: 1.0),  # sends and receives of the batch, summed
 }
+_depth = threading.local()  # a deprecated op that forwards to its new name is counted once
 
 
 def _nbytes(x) -> int:
     if isinstance(x, torch.Tensor):
         return x.numel() * x.element_size()
+    if isinstance(x, dist.P2POp):
+        return _nbytes(x.tensor)
     return sum(_nbytes(t) for t in x)  # a list of tensors
 
 
@@ -90,10 +99,16 @@ def _wrap(op: str, fn, counter: CommCounter):
     sig = inspect.signature(fn)
 
     def counted(*args, **kwargs):
-        bound = sig.bind_partial(*args, **kwargs)
-        group = bound.arguments.get("group")
-        counter.record(op, _nbytes(bound.arguments[arg]), dist.get_world_size(group))
-        return fn(*args, **kwargs)
+        depth = getattr(_depth, "n", 0)
+        if depth == 0:
+            bound = sig.bind_partial(*args, **kwargs)
+            group = bound.arguments.get("group")
+            counter.record(op, _nbytes(bound.arguments[arg]), dist.get_world_size(group))
+        _depth.n = depth + 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _depth.n = depth
 
     return counted
 
