@@ -92,6 +92,27 @@ def test_flops_hand_computed():
         mfu(1e12, 0.0, 1e12)
 
 
+def test_flops_match_torch_flop_counter():
+    """torch.utils.flop_counter over a real forward + backward: equal to the model's count of what a dense
+    kernel computes (causal=False; the naive backend's explicit T x T matmuls, which FlopCounterMode sees)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from scratchlm.model.accounting import flops_per_token
+    from scratchlm.model.transformer import TransformerLM
+
+    B, T = 2, 16
+    cfg = bench_model_config("debug", T, ["attn_backend=naive"])
+    model = TransformerLM(cfg)
+    x = torch.randint(0, cfg.vocab_size, (B, T))
+    with FlopCounterMode(display=False) as counter:
+        model(x).float().logsumexp(-1).sum().backward()
+    assert counter.get_total_flops() == flops_per_token(cfg, T, causal=False)["train"] * B * T
+    # and the bench's causal count is that minus the masked half of the score / value matmuls
+    dense = flops_per_token(cfg, T, causal=False)["train"] * B * T
+    masked = 3 * cfg.n_layers * 2 * 2 * cfg.d_model * (T - (T + 1) / 2) * B * T
+    assert model_flops_per_step(cfg, B, T, "fwd_bwd") == pytest.approx(dense - masked, rel=1e-12)
+
+
 @pytest.mark.parametrize("size", list(CS336_SIZES))
 def test_cs336_sizes_have_the_assignment_shapes(size):
     from scratchlm.model.accounting import count_params
