@@ -140,13 +140,18 @@ def _read_weights(path: Path, model: nn.Module, aliases: dict[str, str], map_loc
         if keys:
             problems.append(f"{what}: {', '.join(keys[:8])}{f' (+{len(keys) - 8} more)' if len(keys) > 8 else ''}")
     # A tied model loading an untied checkpoint would keep one of the two matrices silently.
-    _, model_ties = split_tied(expected)
+    _, model_ties = split_tied({k: _local(v) for k, v in expected.items()})
     for alias, name in model_ties.items():
         if alias in sd and name in sd and not torch.equal(sd[alias], sd[name]):
             problems.append(f"the model ties {alias} to {name} but the checkpoint has them different")
     if problems:
         raise ScratchLMError(f"checkpoint {path} does not fit the model: {'; '.join(problems)}")
     return sd
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A sharded model's DTensor -> this rank's shard (tied DTensors share it): what memory checks can read."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def _load_weights(path: Path, model: nn.Module, aliases: dict[str, str], map_location) -> None:

@@ -1,6 +1,6 @@
 """`torchrun -m scratchlm train --set parallel.dp_shard=2` end to end: 2 FSDP2 processes follow the 1-process
 trajectory on the same global batch, write the usual checkpoint (gathered full state), and the run resumes in
-one process (another layout)."""
+one process, then under tensor parallel (other layouts), on the same trajectory."""
 
 from __future__ import annotations
 
@@ -40,25 +40,35 @@ def test_fsdp_launch_matches_one_process_and_resumes_in_one(data, tmp_path):
         "data.train": str(data["train"]), "data.valid": str(data["valid"]), "model.vocab_size": data["vocab_size"],
         "steps": 4, "log_every": 1, "eval_every": 0, "seq_len": 32, "model.n_kv_heads": 2,
     }  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
-    cmd += ["-m", "scratchlm", "train", "--preset", "debug", "--quiet"]
-    for k, v in {**sets, "out_dir": str(tmp_path / "fsdp"), "batch_size": 4, "parallel.dp_shard": 2}.items():
-        cmd += ["--set", f"{k}={json.dumps(v)}"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+
+    def launch(**over) -> None:
+        port = str(free_port())
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+        cmd += ["-m", "scratchlm", "train", "--preset", "debug", "--quiet"]
+        for k, v in {**sets, **over}.items():
+            cmd += ["--set", f"{k}={json.dumps(v)}"]
+        if over.get("steps", 0) > 4:
+            cmd += ["--resume", over["out_dir"]]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
 
     def cfg(**over) -> TrainConfig:
         return load_config(TrainConfig, "train", "debug", [f"{k}={json.dumps(v)}" for k, v in {**sets, **over}.items()])
 
-    train(cfg(out_dir=str(tmp_path / "single"), batch_size=8), progress=False)
+    fsdp, single = str(tmp_path / "fsdp"), str(tmp_path / "single")
+    launch(out_dir=fsdp, batch_size=4, **{"parallel.dp_shard": 2})
+    train(cfg(out_dir=single, batch_size=8), progress=False)
     torch.testing.assert_close(
         torch.tensor(_losses(tmp_path / "fsdp")), torch.tensor(_losses(tmp_path / "single")), atol=1e-5, rtol=0
     )
-    # the FSDP run's checkpoint (gathered by both ranks, written by rank 0) resumes in one process on the same
-    # global batch, and continues as the single-process run does
-    summary = train(cfg(out_dir=str(tmp_path / "fsdp"), batch_size=8, steps=6), resume=True, progress=False)
-    train(cfg(out_dir=str(tmp_path / "single"), batch_size=8, steps=6), resume=True, progress=False)
-    assert summary["steps"] == 6
+    # the FSDP run's checkpoint (gathered by both ranks, written by rank 0) resumes in one process, then under
+    # tensor parallel, on the same global batch, and continues as the single-process run does
+    train(cfg(out_dir=fsdp, batch_size=8, steps=5), resume=True, progress=False)
+    launch(out_dir=fsdp, batch_size=8, steps=6, **{"parallel.tp": 2})
+    for steps in (5, 6):
+        train(cfg(out_dir=single, batch_size=8, steps=steps), resume=True, progress=False)
+    assert len(_losses(tmp_path / "fsdp")) == 6
     torch.testing.assert_close(
         torch.tensor(_losses(tmp_path / "fsdp")), torch.tensor(_losses(tmp_path / "single")), atol=1e-5, rtol=0
     )
