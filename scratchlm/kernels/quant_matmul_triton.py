@@ -101,7 +101,8 @@ def quant_matmul(
     expect = (n, k) if bits == 8 else (n, k // 2)
     if bits not in (4, 8) or tuple(qweight.shape) != expect or (bits == 4 and k % group_size):
         raise ScratchLMError(
-            f"quant_matmul: bits={bits} group={group_size} weights {tuple(qweight.shape)} do not fit inputs of width {k}"
+            f"quant_matmul: bits={bits} group={group_size} weights {tuple(qweight.shape)} "
+            f"do not fit inputs of width {k}"
         )
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
