@@ -121,7 +121,9 @@ def parallelize(model: nn.Module, cfg: TrainConfig, mesh: Mesh, compile_backend:
     check_layout(dims, cfg.model, cfg.context)
     if dims.pp > 1:
         raise ScratchLMError(f"pipeline parallel (pp = {dims.pp}) runs through distributed.pipeline, not parallelize")
-    sharded = dims.dp_shard > 1 or dims.tp > 1  # the parameters become DTensors: per-block compile, FSDP not DDP
+    # the parameters become DTensors: per-block compile, FSDP not DDP. Context parallel ranks hold the same weights
+    # but other tokens: FSDP shards over dp_shard x cp (torchtitan's dp_shard_cp), which also averages their grads
+    sharded = dims.dp_shard > 1 or dims.tp > 1 or dims.cp > 1
     if dims.tp > 1:
         from scratchlm.distributed.tensor_parallel import apply_tensor_parallel
 
@@ -137,13 +139,14 @@ def parallelize(model: nn.Module, cfg: TrainConfig, mesh: Mesh, compile_backend:
                 block.compile(backend=compile_backend)
         else:
             fwd_model = apply_compile(model, compile_backend)
-    if sharded and dims.dp > 1:
+    if sharded and dims.dp * dims.cp > 1:
         from scratchlm.distributed.fsdp import apply_fsdp
 
-        if dims.dp_replicate > 1 and dims.dp_shard > 1:  # HSDP: replicate over dim 0, shard over dim 1
-            dp_mesh = mesh.device_mesh["dp_replicate", "dp_shard"]
+        shard = mesh.sub_mesh("dp_shard", "cp")
+        if dims.dp_replicate > 1 and shard is not None:  # HSDP: replicate over dim 0, shard over dim 1
+            dp_mesh = mesh.device_mesh["dp_replicate", shard.mesh_dim_names[0]]
         else:
-            dp_mesh = mesh.sub_mesh("dp_replicate", "dp_shard")
+            dp_mesh = shard if shard is not None else mesh.sub_mesh("dp_replicate")
         p = cfg.parallel
         apply_fsdp(model, dp_mesh, _dtype(p.param_dtype, cfg.precision), _dtype(p.reduce_dtype, cfg.precision))
     elif dims.dp > 1:
