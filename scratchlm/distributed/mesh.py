@@ -125,6 +125,13 @@ def check_layout(dims: ParallelDims, model: ModelConfig, seq_len: int) -> None:
             seq_len % (2 * dims.cp) == 0,
             f"seq_len={seq_len} is not divisible by 2*cp={2 * dims.cp} (load-balanced causal shards)",
         )
+        need(_has_context_parallel(), "context parallel needs scratchlm.distributed.ring_attention, not in this build")
+
+
+def _has_context_parallel() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("scratchlm.distributed.ring_attention") is not None
 
 
 @dataclass
@@ -201,6 +208,8 @@ def init_distributed(cfg: TrainConfig, dims: ParallelDims | None = None, timeout
     if dims is None:
         dims = ParallelDims.from_config(cfg.parallel, world)
         check_layout(dims, cfg.model, cfg.context)
+        if dims.pp > 1:  # the pipeline schedules (distributed/pipeline.py) are driven by their own loop
+            raise ScratchLMError(f"parallel.pp = {dims.pp}: `scratchlm train` does not run pipeline stages; use pp = 1")
     if dims.world != world:
         raise ScratchLMError(f"parallel dims {dims} need {dims.world} processes, but WORLD_SIZE is {world}")
     device = resolve_device(cfg.device)
