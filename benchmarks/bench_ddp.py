@@ -83,7 +83,7 @@ def _worker(rank: int, world: int, port: int, out_path: str, args: dict) -> None
         else:
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-        def step(i: int) -> None:
+        def step(i: int, fwd=fwd, sync=sync, opt=opt) -> None:
             w = data[i % len(data)][rank * batch : (rank + 1) * batch]
             logits = fwd(w[:, :-1])
             F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten()).backward()
@@ -157,7 +157,8 @@ def main() -> None:
         table.append([
             r["variant"], r.get("n_buckets", "-"), f"{r['median_s'] * 1e3:.0f}", f"{r['median_s'] / base:.2f}",
             c.get("calls", {}).get("all_reduce", "-"),
-            f"{sum(c['payload'].values()) / 1e6:.1f}" if c else "-", f"{sum(c['bus'].values()) / 1e6:.1f}" if c else "-",
+            f"{sum(c['payload'].values()) / 1e6:.1f}" if c else "-",
+            f"{sum(c['bus'].values()) / 1e6:.1f}" if c else "-",
         ])  # fmt: skip
     z = next(r for r in rows if "zero_state_bytes_per_rank" in r)
     per_rank, unsharded = z["zero_state_bytes_per_rank"], z["unsharded_state_bytes"]
