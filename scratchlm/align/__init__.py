@@ -4,7 +4,9 @@
     losses.py      SFT (per token or a constant), preference losses: DPO, IPO, SimPO
     pg_losses.py   group-normalised rewards (GRPO), REINFORCE, GRPO-clip, k3 KL, PPO value head / GAE / value loss
     rewards.py     GSM8K / MMLU / math answer parsers and verifiers, R1 format reward, rewards by name
-    dpo.py         preference data (HH-RLHF form too) and a DPO trainer with a frozen reference
+    data.py        JSONL with line-numbered errors, HH-RLHF dialogues, preference pairs with a chat template
+    sft.py         SFT trainer: assistant-only targets, packed rows with per-document positions and masks
+    dpo.py         DPO / IPO / SimPO trainer with a frozen reference (log-probs precomputed once)
 
 Names are exported lazily (importing the package does not import torch).
 """
@@ -32,6 +34,10 @@ _EXPORTS = {
     "compute_gae": "pg_losses",
     "ValueHead": "pg_losses",
     "reward_function": "rewards",
+    "SFTConfig": "sft",
+    "train_sft": "sft",
+    "DPOConfig": "dpo",
+    "train_dpo": "dpo",
 }
 
 __all__ = sorted(_EXPORTS)

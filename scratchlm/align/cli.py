@@ -24,6 +24,13 @@ def register(sub) -> None:
     d.add_argument("--out", help="run directory (--set out_dir=...)")
     d.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
     d.set_defaults(func=cmd_dpo)
+    s = verbs.add_parser("sft", help="supervised fine-tuning on chats (assistant tokens only, packed rows)")
+    add_config_arguments(s, "align")
+    s.add_argument("--model", help="pretrained name, model or run directory (--set model=...)")
+    s.add_argument("--data", help='JSONL(.gz) of {"messages"} or {"prompt", "response"} (--set data=...)')
+    s.add_argument("--out", help="run directory (--set out_dir=...)")
+    s.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    s.set_defaults(func=cmd_sft)
     for verb, help_, func in (
         ("grpo", "GRPO / REINFORCE from a verifier, rollouts through the engine", cmd_grpo),
         ("ppo", "PPO from a verifier: value head, GAE, clipped policy and value losses", cmd_ppo),
@@ -106,15 +113,37 @@ def cmd_expert_iter(args: argparse.Namespace) -> int:
 
 def cmd_dpo(args: argparse.Namespace) -> int:
     from scratchlm.align.dpo import DPOConfig, train_dpo
+
+    cfg = _prepare_data_run(DPOConfig, args, "preference data")
+    if cfg is None:
+        return 0
+    summary = train_dpo(cfg, resume=args.resume is not None)
+    print(json.dumps({"evals": summary["evals"], "model_dir": summary["model_dir"]}, indent=1))
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from scratchlm.align.sft import SFTConfig, train_sft
+
+    cfg = _prepare_data_run(SFTConfig, args, "SFT data")
+    if cfg is None:
+        return 0
+    summary = train_sft(cfg, resume=args.resume is not None)
+    print(json.dumps({"examples": summary["examples"], "model_dir": summary["model_dir"]}, indent=1))
+    return 0
+
+
+def _prepare_data_run(cls, args, what: str):
+    """The config of a run over a --data file (None after --print-config); a new run directory gets config.toml."""
     from scratchlm.errors import ScratchLMError
     from scratchlm.io import atomic_write
 
-    cfg = _resolve(DPOConfig, args, args.resume)
+    cfg = _resolve(cls, args, args.resume)
     if args.print_config:
         print(to_toml(cfg), end="")
-        return 0
+        return None
     if not cfg.data:
-        raise ScratchLMError("no preference data: pass --data FILE.jsonl (or --set data=...)")
+        raise ScratchLMError(f"no {what}: pass --data FILE.jsonl (or --set data=...)")
     out = Path(cfg.out_dir)
     if args.resume is None:
         if out.exists() and any(out.iterdir()):
@@ -122,6 +151,4 @@ def cmd_dpo(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_write(out / "config.toml", "w") as f:
             f.write(to_toml(cfg))
-    summary = train_dpo(cfg, resume=args.resume is not None)
-    print(json.dumps({"evals": summary["evals"], "model_dir": summary["model_dir"]}, indent=1))
-    return 0
+    return cfg

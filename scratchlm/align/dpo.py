@@ -48,6 +48,8 @@ class DPOConfig:
     lr: float = 5e-6
     weight_decay: float = 0.0
     warmup_steps: int = 4
+    schedule: Literal["cosine", "constant"] = "cosine"  # after warmup (cosine down to 0.1 x lr)
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0
     max_len: int = 256  # prompt + response tokens per row (prompts cut from the left to max_len // 2)
     held_out: int = 100  # pairs kept out of training for the held-out accuracy (the last ones of the file)
@@ -196,8 +198,11 @@ def train_dpo(cfg: DPOConfig, resume: bool = False, stop_after: int | None = Non
     ref_held = sequence_log_probs(model, held, pad, cfg.micro_batch, cfg.precision, device)
     ref_seconds = time.perf_counter() - t0
 
-    optimizer = build_optimizer(model, OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay))
-    schedule = Schedule(optimizer, ScheduleConfig(name="cosine", warmup_steps=cfg.warmup_steps), max(cfg.steps, 1))
+    optimizer = build_optimizer(
+        model, OptimConfig(lr=cfg.lr, betas=list(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    )
+    sched_cfg = ScheduleConfig(name=cfg.schedule, warmup_steps=cfg.warmup_steps)
+    schedule = Schedule(optimizer, sched_cfg, max(cfg.steps, 1))
     loss_fn = PreferenceLoss(cfg.kind, cfg.beta, cfg.gamma)
     start, evals = 0, []
     if resume and ckpt.is_file():
