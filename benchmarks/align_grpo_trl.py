@@ -66,6 +66,8 @@ def main() -> None:
         save_strategy="no", bf16=False,
     )  # fmt: skip
     trainer = GRPOTrainer(model=hf_model, reward_funcs=reward, args=cfg, train_dataset=ds, processing_class=tok)
+    same_batch = same_batch_losses(trainer, hf_model, model, chat, rows)
+    print("same-batch losses", same_batch, flush=True)
     t0 = time.perf_counter()
     trainer.train()
     trl_seconds = time.perf_counter() - t0
@@ -85,12 +87,87 @@ def main() -> None:
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     tr = [r for r in recs if r["kind"] == "train"]
     ours_train_seconds = sum(r["seconds"] for r in tr)
-    res = {"hf_export_max_logit_diff": diff, "trl_seconds": trl_seconds, "ours_train_seconds": ours_train_seconds,
+    res = {"same_batch_losses": same_batch,
+           "hf_export_max_logit_diff": diff, "trl_seconds": trl_seconds, "ours_train_seconds": ours_train_seconds,
            "trl_rewards": [h.get("reward") for h in hist][::4], "trl_losses": [h["loss"] for h in hist],
            "ours_rewards": [r["reward"] for r in tr], "ours_losses": [r["loss"] for r in tr],
            "trl_clip": [h.get("clip_ratio/region_mean") for h in hist]}  # fmt: skip
     (WORK / "trl_report.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
+    write_section(res, args.steps)
+
+
+def write_section(res: dict, steps: int) -> None:
+    import trl
+
+    sb = res["same_batch_losses"]
+    r = lambda xs: ", ".join(f"{x:.3f}" for x in xs)  # noqa: E731
+    lines = [
+        "## Side by side with TRL",
+        "",
+        f"Command: `nice .venv/bin/python -m benchmarks.align_grpo_trl --steps {steps}` (TRL {trl.__version__}, "
+        "GRPOTrainer on CPU, offline). The same base model (exported with `model.hf_export`: max logit difference "
+        f"{res['hf_export_max_logit_diff']:.1e}), prompts, reward and hyper-parameters (see the script's docstring).",
+        "",
+        "Loss on the same batch (our engine's 128 rollouts, their advantages, old log-probs perturbed so that "
+        f"{sb['grpo']['clip_fraction']:.0%} of the tokens clip): TRL `_compute_loss` vs ours",
+        "",
+        "| TRL loss_type | ours | TRL | ours |",
+        "|---|---|---|---|",
+        f"| grpo | length_normalization=mean | {sb['grpo']['trl']:.8f} | {sb['grpo']['ours']:.8f} |",
+        f"| dr_grpo | length_normalization=constant | {sb['dr_grpo']['trl']:.8f} | {sb['dr_grpo']['ours']:.8f} |",
+        "",
+        f"{steps} rollout steps (x4 optimizer steps) each: mean reward per rollout batch, "
+        f"ours {r(res['ours_rewards'])}; "
+        f"TRL {r(res['trl_rewards'])} (different samples, so the curves agree only in distribution). "
+        f"Wall time for the {steps} steps: ours {res['ours_train_seconds']:.2f} s (rollouts through the engine + "
+        f"updates), TRL {res['trl_seconds']:.2f} s (`trainer.train()`, HF `generate`): ratio ours / TRL = "
+        f"{res['ours_train_seconds'] / res['trl_seconds']:.2f} (one torch thread each, the tiny model: this "
+        "measures per-step overheads, not matmul speed).",
+        "",
+    ]
+    md = RESULTS / "align_grpo.md"
+    text = md.read_text() if md.is_file() else ""
+    text = text.split("## Side by side with TRL")[0].rstrip() + "\n\n" + "\n".join(lines)
+    md.write_text(text)
+
+
+def same_batch_losses(trainer, hf_model, model, chat, rows) -> dict:
+    """Both losses on one batch of our engine's rollouts (the same tokens, advantages and old log-probs,
+    the old ones perturbed so that ratios differ from 1 and some clip): TRL's `_compute_loss` vs ours."""
+    from scratchlm.align.grpo import PolicyGradientLoss, RolloutTargets
+    from scratchlm.align.pg_losses import compute_group_normalized_rewards
+    from scratchlm.align.rewards import reward_function
+    from scratchlm.align.rollout import RolloutSampler, engine_log_probs_tensor, rollout_batch
+
+    prompts = [chat.encode(r["prompt"], add_special=False) for r in rows[:16]]
+    assert len({len(p) for p in prompts}) == 1  # "a+b=": no prompt padding needed
+    ro = RolloutSampler(model, chat, kv_cache_mb=8).sample(prompts, 8, 3, seed=0)
+    truths = [r["answer"] for r in rows[:16] for _ in range(8)]
+    adv, raw, _ = compute_group_normalized_rewards(reward_function("gsm8k"), ro.texts, truths, 8, 1e-4)
+    b = rollout_batch(ro.prompt_ids, ro.response_ids, chat.eos_id)
+    g = torch.Generator().manual_seed(0)
+    old = engine_log_probs_tensor(ro, b["labels"].shape) + 0.3 * torch.randn(b["labels"].shape, generator=g)
+    P = len(prompts[0])
+    T = max(map(len, ro.response_ids))
+    comp = torch.full((len(ro.response_ids), T), chat.eos_id)
+    cmask = torch.zeros(comp.shape, dtype=torch.long)
+    for i, r in enumerate(ro.response_ids):
+        comp[i, : len(r)], cmask[i, : len(r)] = torch.tensor(r), 1
+    inputs = {"prompt_ids": torch.tensor(ro.prompt_ids), "prompt_mask": torch.ones(len(comp), P, dtype=torch.long),
+              "completion_ids": comp, "completion_mask": cmask, "advantages": adv,
+              "old_per_token_logps": old[:, P - 1 : P - 1 + T]}  # fmt: skip
+    out = {}
+    for trl_type, ours_norm in (("grpo", "mean"), ("dr_grpo", "constant")):
+        trainer.loss_type = trl_type
+        with torch.no_grad():
+            theirs = float(trainer._compute_loss(hf_model, dict(inputs)))
+            fn = PolicyGradientLoss("grpo_clip", 0.2, ours_norm, 3.0)
+            y = RolloutTargets(b["labels"], b["response_mask"], adv[:, None], raw[:, None], old)
+            ours, parts = fn(model(b["input_ids"], output="logits"), y)
+        out[trl_type] = {"trl": theirs, "ours": float(ours), "clip_fraction": float(parts["clip_fraction"])}
+    trainer.loss_type = "grpo"
+    return out
 
 
 if __name__ == "__main__":
