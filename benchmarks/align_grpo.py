@@ -224,7 +224,9 @@ def write_results(report: dict) -> None:
     lines += ["", f"![reward curve]({png.name})", "", "Raw figures: `benchmarks/_work/align_grpo/report.json`; "
               "per-step metrics in `benchmarks/_work/align_grpo/{grpo,ei}/metrics.jsonl`.", ""]  # fmt: skip
     _plot(png)
-    (RESULTS / "align_grpo.md").write_text("\n".join(lines))
+    md = RESULTS / "align_grpo.md"
+    trl = md.read_text().partition("## Side by side with TRL")[1:] if md.is_file() else ("", "")
+    md.write_text("\n".join(lines) + ("\n" + "".join(trl) if trl[0] else ""))  # keep align_grpo_trl's section
 
 
 def _plot(png: Path) -> None:

@@ -197,3 +197,23 @@ def test_ppo_runs_trains_the_value_head_and_resumes_exactly(tmp_path):
         assert torch.equal(direct[k], resumed[k]), k
     with pytest.raises(ScratchLMError, match="grpo_clip"):
         PPOConfig(loss_type="no_baseline").validate()
+
+
+def test_cli_grpo_from_a_model_directory_and_resume(tmp_path, capsys):
+    from scratchlm.cli import main
+    from scratchlm.model.model_dir import save_model_dir
+
+    model, chat = tiny()
+    save_model_dir(model, chat, tmp_path / "base")
+    prompts = write_task_jsonl(arithmetic_task(10, seed=6, digits=1), tmp_path / "p.jsonl")
+    sets = ["held_out=2", "steps=1", "prompts_per_step=2", "group_size=2", "micro_batch=4", "max_tokens=3",
+            "kv_cache_mb=4"]  # fmt: skip
+    argv = ["align", "grpo", "--model", str(tmp_path / "base"), "--prompts", str(prompts), "--reward", "gsm8k",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    assert (tmp_path / "run" / "model" / "config.json").is_file() and (tmp_path / "run" / "config.toml").is_file()
+    assert main(["align", "grpo", "--resume", str(tmp_path / "run")]) == 0  # nothing left to do: finishes cleanly
+    assert main(argv) != 0  # the run directory is refused, not overwritten
+    assert "exists and is not empty" in capsys.readouterr().err
