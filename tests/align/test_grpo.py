@@ -217,3 +217,13 @@ def test_cli_grpo_from_a_model_directory_and_resume(tmp_path, capsys):
     assert main(["align", "grpo", "--resume", str(tmp_path / "run")]) == 0  # nothing left to do: finishes cleanly
     assert main(argv) != 0  # the run directory is refused, not overwritten
     assert "exists and is not empty" in capsys.readouterr().err
+
+
+def test_first_update_is_on_policy_ratio_one(tmp_path):
+    # one optimizer step per rollout batch: the engine's log-probs (old) must equal the trainer's forward, so every
+    # ratio is 1 and nothing clips; a stale or mismatched sampler shows up here as ratio_max != 1
+    prompts = write_task_jsonl(arithmetic_task(10, seed=7, digits=1), tmp_path / "p.jsonl")
+    cfg = cfg_for(tmp_path, prompts, steps=1, epochs_per_batch=1, train_batch=0, micro_batch=8, cliprange=0.01)
+    train_grpo(cfg, model_and_chat=tiny())
+    rec = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[1])
+    assert rec["kind"] == "train" and abs(rec["ratio_max"] - 1) < 1e-4 and rec["clip_fraction"] == 0
