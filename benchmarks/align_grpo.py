@@ -25,6 +25,7 @@ import torch
 
 from scratchlm.align.expert_iter import ExpertIterConfig, SFTLoss, SFTTargets, train_expert_iter
 from scratchlm.align.grpo import GRPOConfig, evaluate, load_tasks, train_grpo
+from scratchlm.align.ppo import PPOConfig, train_ppo
 from scratchlm.align.rewards import reward_function
 from scratchlm.align.rollout import RolloutSampler, rollout_batch
 from scratchlm.align.tasks import write_task_jsonl
@@ -75,7 +76,7 @@ def main() -> None:
     ap.add_argument("--grpo-steps", type=int, default=100)
     ap.add_argument("--held-out", type=int, default=30)
     ap.add_argument("--grpo-lr", type=float, default=3e-4)
-    ap.add_argument("--skip", default="", help="comma list of arms to skip: grpo,ei,sft")
+    ap.add_argument("--skip", default="", help="comma list of arms to skip: grpo,ei,ppo,sft")
     args = ap.parse_args()
     torch.set_num_threads(1)  # on a busy 2-core machine one thread is ~10x faster than two
     WORK.mkdir(parents=True, exist_ok=True)
@@ -146,6 +147,18 @@ def main() -> None:
             "held_out": held_out_after(out),
         }
         print("ei", json.dumps(s["evals"]), flush=True)
+    if "ppo" not in skip:
+        out = WORK / "ppo"
+        _clear(out)
+        pc = PPOConfig(model=str(base_dir), out_dir=str(out), steps=args.grpo_steps, prompts_per_step=P * G,
+                       group_size=1,
+                       epochs_per_batch=2, train_batch=64, micro_batch=64, lr=args.grpo_lr, cliprange=0.2,
+                       checkpoint_every=0, **common)  # fmt: skip
+        t0 = time.perf_counter()
+        s = train_ppo(pc)
+        report["ppo"] = {"evals": s["evals"], "seconds": time.perf_counter() - t0, "config": _cfg(pc),
+                         "held_out": held_out_after(out)}  # fmt: skip
+        print("ppo", json.dumps(s["evals"]), flush=True)
     if "sft" not in skip:
         m, _ = load_model(base_dir, progress=False)
         steps = max(1, args.grpo_steps // 5) * 20
@@ -157,7 +170,10 @@ def main() -> None:
                               "held_out": evaluate(s2, held, reward, 3, batch=128),
                               "seconds": time.perf_counter() - t0}  # fmt: skip
         print("sft", json.dumps(report["sft_more"]["eval"]), flush=True)
-    (WORK / "report.json").write_text(json.dumps(report, indent=1))
+    old = WORK / "report.json"
+    if skip and old.is_file():  # a partial rerun keeps the other arms' figures
+        report = {**json.loads(old.read_text()), **report}
+    old.write_text(json.dumps(report, indent=1))
     write_results(report)
 
 
@@ -214,6 +230,13 @@ def write_results(report: dict) -> None:
         e, c = report["expert_iter"], report["expert_iter"]["config"]
         n = c["rounds"] * c["prompts_per_round"] * c["group_size"]
         lines.append(f"| expert iteration ({c['rounds']} rounds x {c['sft_steps']} SFT steps, lr {c['lr']}) | {n} | "
+                     f"{_fmt(e['evals'][0])} -> {_fmt(e['evals'][-1])} | {_fmt(hb)} -> {_fmt(e['held_out'])} | "
+                     f"{e['seconds']:.0f} |")  # fmt: skip
+    if "ppo" in report:
+        e, c = report["ppo"], report["ppo"]["config"]
+        n = c["steps"] * c["prompts_per_step"] * c["group_size"]
+        lines.append(f"| PPO (value head, GAE lam {c['lam']}, {c['prompts_per_step']} prompts x 1 sample/step, "
+                     f"{c['steps']} steps x 2 epochs x 2 optimizer steps, lr {c['lr']}) | {n} | "
                      f"{_fmt(e['evals'][0])} -> {_fmt(e['evals'][-1])} | {_fmt(hb)} -> {_fmt(e['held_out'])} | "
                      f"{e['seconds']:.0f} |")  # fmt: skip
     if "sft_more" in report:
