@@ -15,6 +15,12 @@ Adam with fp32 master weights; K = 8 here, fp32 parameters are the master weight
 owned shard, then every owner broadcasts its updated parameters, flattened into one buffer per
 (owner, dtype): N broadcasts of Psi bytes in all, per step.
 
+ZeRO-2 (`stage=2`, without DataParallel: grads stay local through backward): `step()` first reduces each
+owner's gradients to it (one SUM reduce per (owner, dtype), then / N) and the other ranks set those
+grads to None, so each rank ends the step holding ~1/N of the gradients as well. The reduces run after
+backward (no overlap), Psi x 4 bytes of payload like DDP's all-reduce but 1 x instead of 2 (N - 1) / N
+on the ring.
+
 Hyperparameters live in `param_groups` as usual (schedulers write them there); `step()` copies them into
 the inner optimizer. `state_dict()` is collective: it gathers every shard's state into the unsharded
 optimizer's layout (param indices over all parameters), so it loads into the plain optimizer or into a
@@ -32,7 +38,12 @@ from scratchlm.errors import ScratchLMError
 
 
 class ShardedOptimizer(torch.optim.Optimizer):
-    def __init__(self, params, optimizer_cls: type[torch.optim.Optimizer], process_group=None, **kwargs: Any):
+    def __init__(
+        self, params, optimizer_cls: type[torch.optim.Optimizer], process_group=None, stage: int = 1, **kwargs: Any
+    ):
+        if stage not in (1, 2):
+            raise ScratchLMError(f"ShardedOptimizer stage must be 1 or 2, got {stage}")
+        self.stage = stage
         if not dist.is_initialized():
             raise ScratchLMError("ShardedOptimizer needs a process group: call torch.distributed.init_process_group")
         self.group = process_group
@@ -70,6 +81,8 @@ class ShardedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.stage == 2:
+            self._reduce_gradients()
         if self.inner is not None:
             for outer, inner in self._inner_group.items():
                 for k, v in self.param_groups[outer].items():
@@ -79,8 +92,8 @@ class ShardedOptimizer(torch.optim.Optimizer):
         self._share_parameters()
         return loss
 
-    def _share_parameters(self) -> None:
-        """Each owner broadcasts its updated parameters: one flat buffer per (owner, dtype)."""
+    def _per_owner(self):
+        """(owner rank, its global rank, its parameters of one dtype), in the same order on every rank."""
         params = [p for g in self.param_groups for p in g["params"]]
         for r in range(self.world):
             by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
@@ -89,13 +102,32 @@ class ShardedOptimizer(torch.optim.Optimizer):
                     by_dtype.setdefault(p.dtype, []).append(p)
             src = dist.get_global_rank(self.group, r) if self.group is not None else r
             for ps in by_dtype.values():
-                flat = torch.cat([p.detach().reshape(-1) for p in ps])
-                dist.broadcast(flat, src=src, group=self.group)
-                if r != self.rank:
-                    off = 0
-                    for p in ps:
-                        p.copy_(flat[off : off + p.numel()].view_as(p))
-                        off += p.numel()
+                yield r, src, ps
+
+    def _reduce_gradients(self) -> None:
+        """ZeRO-2: each owner receives the mean of its parameters' grads (one reduce per owner and dtype);
+        the other ranks drop theirs. A parameter without a local grad contributes zeros."""
+        for r, dst, ps in self._per_owner():
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in ps])
+            dist.reduce(flat, dst=dst, op=dist.ReduceOp.SUM, group=self.group)
+            off = 0
+            for p in ps:
+                if r == self.rank and p.grad is not None:
+                    p.grad.copy_(flat[off : off + p.numel()].view_as(p)).div_(self.world)
+                elif r != self.rank:
+                    p.grad = None  # freed: only the owner needs it
+                off += p.numel()
+
+    def _share_parameters(self) -> None:
+        """Each owner broadcasts its updated parameters: one flat buffer per (owner, dtype)."""
+        for r, src, ps in self._per_owner():
+            flat = torch.cat([p.detach().reshape(-1) for p in ps])
+            dist.broadcast(flat, src=src, group=self.group)
+            if r != self.rank:
+                off = 0
+                for p in ps:
+                    p.copy_(flat[off : off + p.numel()].view_as(p))
+                    off += p.numel()
 
     def state_bytes(self) -> int:
         """Bytes of optimizer state tensors held by this rank."""

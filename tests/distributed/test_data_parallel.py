@@ -51,7 +51,10 @@ def loss_of(kind: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def train(kind: str, model: nn.Module, fwd: nn.Module, rows: slice, micro: int = 1, dp=None) -> nn.Module:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    if kind == "seq":  # SGD is not scale-invariant like Adam: a sum instead of a mean of the grads shows
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.1)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     for step in range(STEPS):
         x, y = data(kind, step)
         x, y = x[rows], y[rows]

@@ -1,7 +1,7 @@
 """ZeRO-1 ShardedOptimizer on 2 gloo processes == unsharded AdamW in one process on the global batch
 (parameters and the gathered optimizer state after a few steps, two param groups, one added later, an lr
 change through param_groups); optimizer-state bytes per rank against the unsharded ones and the ZeRO
-paper's K x Psi / N_d; state_dict round trip."""
+paper's K x Psi / N_d; state_dict round trip; ZeRO-2 (grads reduced to their owners) == the same."""
 
 from __future__ import annotations
 
@@ -45,10 +45,13 @@ def state_bytes(opt: torch.optim.Optimizer) -> int:
     return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
 
 
-def reference() -> tuple[dict, dict, int]:
+SGD = dict(lr=0.05, momentum=0.9, weight_decay=0.1)  # not scale-invariant like Adam: a wrong grad mean shows
+
+
+def reference(opt_cls=torch.optim.AdamW, **kw) -> tuple[dict, dict, int]:
     model = build()
     decay, no_decay = groups(model)
-    opt = torch.optim.AdamW([decay], lr=1e-2, weight_decay=0.1)
+    opt = opt_cls([decay], **(kw or dict(lr=1e-2, weight_decay=0.1)))
     opt.add_param_group(no_decay)
     train(model, opt, slice(None))
     return model.state_dict(), opt.state_dict(), state_bytes(opt)
@@ -71,7 +74,17 @@ def worker(rank: int, world: int) -> dict:
     fresh.add_param_group(groups(model)[1])
     fresh.load_state_dict(sd)
     owned = [p for p in model.parameters() if opt.owner[p] == rank]
+    # ZeRO-2: no DataParallel; the optimizer reduces each grad to its owner, the others drop theirs
+    model2 = build()
+    opt2 = ShardedOptimizer([groups(model2)[0]], torch.optim.SGD, stage=2, **SGD)
+    opt2.add_param_group(groups(model2)[1])
+    train(model2, opt2, slice(rank * per, (rank + 1) * per))
+    params2 = {k: v.clone() for k, v in model2.state_dict().items()}
+    F.mse_loss(model2(torch.randn(2, 6)), torch.zeros(2, 6)).backward()
+    opt2.step()
     return {
+        "zero2_params": params2,
+        "zero2_grad_kept": [(p.grad is not None) == (opt2.owner[p] == rank) for p in model2.parameters()],
         "params": model.state_dict(),
         "state": sd,
         "reloaded": fresh.state_dict(),
@@ -89,6 +102,7 @@ def results() -> list[dict]:
 
 def test_equal_to_unsharded_adamw(results):
     ref_params, ref_state, _ = reference()
+    sgd_params = reference(torch.optim.SGD, **SGD)[0]
     for r in results:
         for k, v in ref_params.items():
             torch.testing.assert_close(r["params"][k], v, **TOL, msg=k)
@@ -97,6 +111,9 @@ def test_equal_to_unsharded_adamw(results):
         for i, s in ref_state["state"].items():
             for name, t in s.items():
                 torch.testing.assert_close(r["state"]["state"][i][name], t, **TOL, msg=f"{i}.{name}")
+        for k, v in sgd_params.items():
+            torch.testing.assert_close(r["zero2_params"][k], v, **TOL, msg=f"ZeRO-2 {k}")
+        assert all(r["zero2_grad_kept"])  # after a ZeRO-2 step only the owners hold grads
         assert r["reloaded"]["param_groups"] == r["state"]["param_groups"]
         for i, s in r["state"]["state"].items():
             for name, t in s.items():
@@ -124,3 +141,5 @@ def test_needs_process_group():
 
     with pytest.raises(ScratchLMError, match="process group"):
         ShardedOptimizer(nn.Linear(2, 2).parameters(), torch.optim.AdamW)
+    with pytest.raises(ScratchLMError, match="stage"):
+        ShardedOptimizer(nn.Linear(2, 2).parameters(), torch.optim.AdamW, stage=3)
