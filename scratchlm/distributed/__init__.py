@@ -10,6 +10,9 @@ fsdp.py             FSDP2 (`fully_shard` per block then the root, mixed-precisio
 dcp.py              checkpoints of sharded runs: gathered full states (any layout resumes them) and
                     torch.distributed.checkpoint shards, convertible to one safetensors file
 ddp.py              DDP wrapping and the loss all-reduce
+data_parallel.py    own DDP: async per-parameter or bucketed all-reduce from grad hooks, no_sync (teaching)
+zero.py             own ZeRO-1/2 `ShardedOptimizer` over any torch optimizer class
+comm_count.py       `count_comm()`: calls, payload and ring bus bytes per torch.distributed collective
 
 torchrun --nproc_per_node 4 -m scratchlm train --preset quickstart --set parallel.dp_shard=2 --set parallel.tp=2
 """
