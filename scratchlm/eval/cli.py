@@ -2,6 +2,7 @@
 
 scratchlm eval run --model smollm2-135m-instruct --tasks mmlu,gsm8k,bpb:owt_mini --out evals/smol --limit 5
 scratchlm eval compare evals/smol evals/mine
+scratchlm eval judge --instructions alpaca_eval.jsonl --a a.jsonl --b b.jsonl --judge-url http://HOST/v1 --out evals/j
 scratchlm eval download hellaswag --out data/hellaswag_val.jsonl     # then --tasks mc:data/hellaswag_val.jsonl
 scratchlm eval convert piqa valid.jsonl --labels valid-labels.lst --out data/piqa_val.jsonl
 """
@@ -67,6 +68,25 @@ def register(sub) -> None:
     c.add_argument("--out", default=None, help="also write the table to this file")
     c.set_defaults(func=compare)
 
+    j = verbs.add_parser("judge", help="LLM-as-judge pairwise comparison with position-swap debiasing")
+    j.add_argument("--instructions", required=True, help="JSONL with an 'instruction' field (alpaca_eval.jsonl)")
+    j.add_argument(
+        "--a", required=True, help="model A outputs: JSONL {instruction, output}, or a model name with --a-url"
+    )
+    j.add_argument("--b", required=True, help="model B outputs: JSONL, or a model name with --b-url")
+    j.add_argument("--a-url", default=None, help="OpenAI-compatible base URL that generates A's outputs")
+    j.add_argument("--b-url", default=None, help="OpenAI-compatible base URL that generates B's outputs")
+    j.add_argument("--judge-url", required=True, help="OpenAI-compatible base URL of the judge")
+    j.add_argument("--judge-model", default="judge")
+    j.add_argument("--api-key", default="none", help="API key for all endpoints (or OPENAI_API_KEY)")
+    j.add_argument("--limit", type=int, default=None)
+    j.add_argument("--offset", type=int, default=0)
+    j.add_argument("--gen-max-tokens", type=int, default=128)
+    j.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    j.add_argument("--max-requests", type=int, default=None, help="stop after N judge requests (rerun to resume)")
+    j.add_argument("--out", required=True, help="output directory (rerun with the same one to resume)")
+    j.set_defaults(func=judge)
+
 
 def run(args: argparse.Namespace) -> int:
     from scratchlm.errors import ScratchLMError
@@ -110,6 +130,37 @@ def compare(args: argparse.Namespace) -> int:
         with atomic_write(args.out, "w", encoding="utf-8") as f:
             f.write(text)
     print(text)
+    return 0
+
+
+def judge(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from scratchlm.errors import ScratchLMError
+    from scratchlm.eval import judge as J
+
+    if args.limit is not None and args.limit < 1:
+        raise ScratchLMError(f"--limit must be >= 1, got {args.limit}")
+    key = os.environ.get("OPENAI_API_KEY", args.api_key) if args.api_key == "none" else args.api_key
+    insts = J.load_instructions(args.instructions, args.limit, args.offset)
+    outs = []
+    for name, src, url in (("a", args.a, args.a_url), ("b", args.b, args.b_url)):
+        if url:
+            path = Path(args.out) / f"outputs_{name}.jsonl"
+            outs.append(J.generate_outputs(insts, url, src, path, key, args.gen_max_tokens, timeout=args.timeout))
+        else:
+            outs.append(J.load_outputs(src, insts))
+    pairs = [J.Pair(i, x, y) for i, x, y in zip(insts, outs[0], outs[1], strict=True)]
+    cfg = J.JudgeConfig(
+        base_url=args.judge_url,
+        model=args.judge_model,
+        api_key=key,
+        timeout=args.timeout,
+        max_requests=args.max_requests,
+    )
+    res = J.judge_pairs(pairs, cfg, args.out, names=(Path(args.a).stem, Path(args.b).stem))
+    print(J.report(res))
     return 0
 
 
