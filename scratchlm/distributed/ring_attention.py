@@ -61,7 +61,7 @@ def unshard_sequence(x: Tensor, group=None, dim: int = 1, balanced: bool = True)
     """The whole sequence from every rank's slice (all-gather, then the chunks back in global order)."""
     g = _group(group)
     cp = dist.get_world_size(g)
-    parts = [torch.empty_like(x) for _ in range(cp)]
+    parts = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(cp)]
     dist.all_gather(parts, x.contiguous(), group=g)
     per = len(chunk_ids(0, cp, balanced))
     ordered: dict[int, Tensor] = {}
@@ -81,7 +81,7 @@ class _Ring:
         self.prev = dist.get_global_rank(group, (self.rank - 1) % self.cp)
 
     def start(self, tensors: list[Tensor]) -> tuple[list, list[Tensor]]:
-        bufs = [torch.empty_like(t) for t in tensors]
+        bufs = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
         ops = [dist.P2POp(dist.isend, t.contiguous(), self.next, self.group) for t in tensors]
         ops += [dist.P2POp(dist.irecv, b, self.prev, self.group) for b in bufs]
         return dist.batch_isend_irecv(ops), bufs
