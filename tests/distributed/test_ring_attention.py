@@ -27,7 +27,7 @@ def _attn_worker(rank, world, q, k, v, dout, balanced):
     [
         pytest.param(2, False, 4, marks=pytest.mark.slow),
         pytest.param(2, True, 4, marks=pytest.mark.slow),
-        (2, True, 2),
+        pytest.param(2, True, 2, marks=pytest.mark.slow),
         (4, True, 1),
         pytest.param(4, False, 2, marks=pytest.mark.slow),
     ],
