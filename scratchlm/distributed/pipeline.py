@@ -83,6 +83,8 @@ def build_schedule(
         raise ScratchLMError(f"pipeline: unknown schedule {kind!r}: expected one of {', '.join(SCHEDULES)}")
     if n_microbatches < 1:
         raise ScratchLMError(f"pipeline: n_microbatches must be >= 1, got {n_microbatches}")
+    if kind == "1f1b" and n_microbatches < n_stages:
+        raise ScratchLMError(f"pipeline: 1F1B needs n_microbatches >= stages, got {n_microbatches} < {n_stages}")
     pipe_stage = PipelineStage(stage_mod, stage, n_stages, torch.device(device), group=group)
     cls = ScheduleGPipe if kind == "gpipe" else Schedule1F1B
     return cls(pipe_stage, n_microbatches, loss_fn=loss_fn)
