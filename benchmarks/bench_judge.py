@@ -58,8 +58,8 @@ def main() -> None:
     t_gen = time.perf_counter() - t0
     cfg = J.JudgeConfig(base_url=url, model=NAME, timeout=300)
     arms = {
-        "greedy vs temperature 1.5": [J.Pair(i, a, b) for i, a, b in zip(insts, greedy, hot, strict=True)],
         "sanity: greedy vs empty answer": [J.Pair(i, a, "") for i, a in zip(insts, greedy, strict=True)],
+        "greedy vs temperature 1.5": [J.Pair(i, a, b) for i, a, b in zip(insts, greedy, hot, strict=True)],
     }
     results = {}
     for name, pairs in arms.items():
