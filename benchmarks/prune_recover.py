@@ -149,6 +149,18 @@ def main() -> None:
         rec = recover(pruned, train_file, cache, args, distill)
         rows.append({"model": f"pruned + {args.steps} steps {label}", "params": pruned.num_params,
                      "bpb": score(label, pruned), "seconds": rec["seconds"], "curve": rec["curve"]})  # fmt: skip
+        write(
+            {
+                "machine": machine_line(),
+                "args": vars(args),
+                "rows": rows,
+                "cache": str(cache),
+                "partial": True,
+                "total_seconds": time.perf_counter() - t_start,
+                "argv": sys.argv[1:],
+            },
+            args,
+        )  # a kill keeps the rows so far
         if distill:
             save_model_dir(pruned, chat, OUT / "models" / "pruned_recovered", overwrite=True,
                            provenance={"benchmark": "benchmarks/prune_recover.py", "args": vars(args)})  # fmt: skip
