@@ -20,7 +20,6 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 from scratchlm.align.data import EncodedPair, encode_pairs, preference_pairs, read_jsonl
 from scratchlm.align.logprobs import token_log_probs
 from scratchlm.align.losses import preference_loss, sequence_log_prob
+from scratchlm.align.run_dir import open_run_dir, pad_id
 from scratchlm.errors import ScratchLMError
 
 log = logging.getLogger(__name__)
@@ -180,15 +180,11 @@ def train_dpo(cfg: DPOConfig, resume: bool = False, stop_after: int | None = Non
     from scratchlm.train.step import train_step
 
     cfg.validate()
-    out = Path(cfg.out_dir)
-    ckpt = out / "checkpoint.pt"
-    if not resume and any((out / name).exists() for name in ("metrics.jsonl", "checkpoint.pt", "model")):
-        raise ScratchLMError(f"{out} already holds a run: choose another out_dir, or resume it")
-    out.mkdir(parents=True, exist_ok=True)
+    out, ckpt = open_run_dir(cfg.out_dir, resume)
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     model, chat = load_model(cfg.model, device=cfg.device, progress=False)
-    pad = chat.pad_id if chat.pad_id is not None else (chat.eos_id or 0)
+    pad = pad_id(chat)
     train, held, stats = load_pairs(cfg, chat)
     log.info("DPO: %d training pairs, %d held out; %s", len(train), len(held), stats)
 

@@ -17,7 +17,6 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 
 from scratchlm.align.logprobs import token_log_probs
 from scratchlm.align.losses import sft_loss
+from scratchlm.align.run_dir import open_run_dir, pad_id
 from scratchlm.errors import ScratchLMError
 
 log = logging.getLogger(__name__)
@@ -98,18 +98,14 @@ def train_expert_iter(cfg: ExpertIterConfig, resume: bool = False, model_and_cha
     from scratchlm.train.step import train_step
 
     cfg.validate()
-    out = Path(cfg.out_dir)
-    ckpt = out / "checkpoint.pt"
-    if not resume and any((out / name).exists() for name in ("metrics.jsonl", "checkpoint.pt", "model")):
-        raise ScratchLMError(f"{out} already holds a run: choose another out_dir, or resume it")
-    out.mkdir(parents=True, exist_ok=True)
+    out, ckpt = open_run_dir(cfg.out_dir, resume)
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     reward_fn = reward_function(cfg.reward)
     model, chat = (
         model_and_chat if model_and_chat is not None else load_model(cfg.model, device=cfg.device, progress=False)
     )
-    pad = chat.pad_id if chat.pad_id is not None else (chat.eos_id or 0)
+    pad = pad_id(chat)
     train, held, stats = setup(cfg, chat, model)
     optimizer = build_optimizer(model, OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay))
     schedule = Schedule(optimizer, ScheduleConfig(name="constant"), max(cfg.rounds * cfg.sft_steps, 1))

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from scratchlm.align.logprobs import masked_mean, masked_normalize, token_entropy, token_log_probs
 from scratchlm.align.pg_losses import LOSS_TYPES, compute_group_normalized_rewards, compute_policy_gradient_loss, kl_k3
+from scratchlm.align.run_dir import open_run_dir, pad_id
 from scratchlm.errors import ScratchLMError
 
 log = logging.getLogger(__name__)
@@ -292,18 +293,14 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, stop_after: int | None = N
     from scratchlm.train.step import train_step
 
     cfg.validate()
-    out = Path(cfg.out_dir)
-    ckpt = out / "checkpoint.pt"
-    if not resume and any((out / name).exists() for name in ("metrics.jsonl", "checkpoint.pt", "model")):
-        raise ScratchLMError(f"{out} already holds a run: choose another out_dir, or resume it")
-    out.mkdir(parents=True, exist_ok=True)
+    out, ckpt = open_run_dir(cfg.out_dir, resume)
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     reward_fn = reward_function(cfg.reward)
     model, chat = (
         model_and_chat if model_and_chat is not None else load_model(cfg.model, device=cfg.device, progress=False)
     )
-    pad = chat.pad_id if chat.pad_id is not None else (chat.eos_id or 0)
+    pad = pad_id(chat)
     train, held, stats = setup(cfg, chat, model)
     log.info("GRPO: %d training prompts, %d held out; %s", len(train), len(held), stats)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef else None
