@@ -81,34 +81,26 @@ def _prepare(cls, args, extra: dict):
     return cfg
 
 
-def cmd_grpo(args: argparse.Namespace) -> int:
-    from scratchlm.align.grpo import GRPOConfig, train_grpo
+def _verifier_command(module: str, config: str, trainer: str):
+    """The `func` of a verifier-trained verb (grpo / ppo / expert-iter): same flags, same run setup."""
 
-    cfg = _prepare(GRPOConfig, args, {"model": args.model, "prompts": args.prompts, "reward": args.reward})
-    if cfg is not None:
-        summary = train_grpo(cfg, resume=args.resume is not None)
-        print(json.dumps({"evals": summary["evals"], "model_dir": summary["model_dir"]}, indent=1))
-    return 0
+    def run(args: argparse.Namespace) -> int:
+        import importlib
 
+        mod = importlib.import_module(f"scratchlm.align.{module}")
+        flags = {"model": args.model, "prompts": args.prompts, "reward": args.reward}
+        cfg = _prepare(getattr(mod, config), args, flags)
+        if cfg is not None:
+            summary = getattr(mod, trainer)(cfg, resume=args.resume is not None)
+            print(json.dumps({"evals": summary["evals"], "model_dir": summary["model_dir"]}, indent=1))
+        return 0
 
-def cmd_ppo(args: argparse.Namespace) -> int:
-    from scratchlm.align.ppo import PPOConfig, train_ppo
-
-    cfg = _prepare(PPOConfig, args, {"model": args.model, "prompts": args.prompts, "reward": args.reward})
-    if cfg is not None:
-        summary = train_ppo(cfg, resume=args.resume is not None)
-        print(json.dumps({"evals": summary["evals"], "model_dir": summary["model_dir"]}, indent=1))
-    return 0
+    return run
 
 
-def cmd_expert_iter(args: argparse.Namespace) -> int:
-    from scratchlm.align.expert_iter import ExpertIterConfig, train_expert_iter
-
-    cfg = _prepare(ExpertIterConfig, args, {"model": args.model, "prompts": args.prompts, "reward": args.reward})
-    if cfg is not None:
-        summary = train_expert_iter(cfg, resume=args.resume is not None)
-        print(json.dumps({"evals": summary["evals"], "model_dir": summary["model_dir"]}, indent=1))
-    return 0
+cmd_grpo = _verifier_command("grpo", "GRPOConfig", "train_grpo")
+cmd_ppo = _verifier_command("ppo", "PPOConfig", "train_ppo")
+cmd_expert_iter = _verifier_command("expert_iter", "ExpertIterConfig", "train_expert_iter")
 
 
 def cmd_dpo(args: argparse.Namespace) -> int:
