@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from scratchlm.align.data import EncodedPair, encode_pairs, preference_pairs, read_jsonl
 from scratchlm.align.logprobs import token_log_probs
 from scratchlm.align.losses import preference_loss, sequence_log_prob
-from scratchlm.align.run_dir import open_run_dir, pad_id
+from scratchlm.align.run_dir import open_run_dir, pad_id, save_checkpoint
 from scratchlm.errors import ScratchLMError
 
 log = logging.getLogger(__name__)
@@ -244,9 +244,7 @@ def train_dpo(cfg: DPOConfig, resume: bool = False, stop_after: int | None = Non
         if step + 1 == end or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
                      "evals": json.dumps(evals)}  # fmt: skip
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save(state, tmp)
-            tmp.replace(ckpt)
+            save_checkpoint(ckpt, state)
     metrics.close()
     if end < cfg.steps:
         return {"stopped_at": end, "checkpoint": str(ckpt)}

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from scratchlm.align.logprobs import token_log_probs
 from scratchlm.align.losses import sft_loss
-from scratchlm.align.run_dir import open_run_dir, pad_id
+from scratchlm.align.run_dir import open_run_dir, pad_id, save_checkpoint
 from scratchlm.errors import ScratchLMError
 
 log = logging.getLogger(__name__)
@@ -161,9 +161,7 @@ def train_expert_iter(cfg: ExpertIterConfig, resume: bool = False, model_and_cha
             metrics.write(json.dumps({"kind": "eval", **evals[-1]}) + "\n")
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "round": rnd + 1,
                  "opt_step": opt_step, "evals": json.dumps(evals)}  # fmt: skip
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(ckpt)
+        save_checkpoint(ckpt, state)
     metrics.close()
     save_model_dir(model, chat, out / "model", overwrite=True,
                    provenance={"stage": "align expert-iter", "base": cfg.model, "rounds": cfg.rounds})  # fmt: skip

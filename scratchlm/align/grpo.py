@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from scratchlm.align.logprobs import masked_mean, masked_normalize, token_entropy, token_log_probs
 from scratchlm.align.pg_losses import LOSS_TYPES, compute_group_normalized_rewards, compute_policy_gradient_loss, kl_k3
-from scratchlm.align.run_dir import open_run_dir, pad_id
+from scratchlm.align.run_dir import open_run_dir, pad_id, save_checkpoint
 from scratchlm.errors import ScratchLMError
 
 log = logging.getLogger(__name__)
@@ -383,9 +383,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, stop_after: int | None = N
                      "opt_step": opt_step, "evals": json.dumps(evals)}  # fmt: skip
             if ref_model is not None:
                 state["ref_model"] = ref_model.state_dict()
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save(state, tmp)
-            tmp.replace(ckpt)
+            save_checkpoint(ckpt, state)
     metrics.close()
     if end < cfg.steps:
         return {"stopped_at": end, "checkpoint": str(ckpt)}

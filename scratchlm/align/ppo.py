@@ -36,7 +36,7 @@ from scratchlm.align.pg_losses import (
     token_rewards,
     whiten,
 )
-from scratchlm.align.run_dir import open_run_dir, pad_id
+from scratchlm.align.run_dir import open_run_dir, pad_id, save_checkpoint
 from scratchlm.errors import ScratchLMError
 
 log = logging.getLogger(__name__)
@@ -211,9 +211,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, stop_after: int | None = Non
                      "opt_step": opt_step, "evals": json.dumps(evals)}  # fmt: skip
             if ref_model is not None:
                 state["ref_model"] = ref_model.state_dict()
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save(state, tmp)
-            tmp.replace(ckpt)
+            save_checkpoint(ckpt, state)
     metrics.close()
     if end < cfg.steps:
         return {"stopped_at": end, "checkpoint": str(ckpt)}

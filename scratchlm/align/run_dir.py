@@ -21,3 +21,12 @@ def open_run_dir(out_dir: str | Path, resume: bool) -> tuple[Path, Path]:
 def pad_id(chat) -> int:
     """The tokenizer's pad id, else its end-of-sequence id, else 0 (padding is masked out anyway)."""
     return chat.pad_id if chat.pad_id is not None else (chat.eos_id or 0)
+
+
+def save_checkpoint(ckpt: Path, state: dict) -> None:
+    """torch.save to a temp file, then rename: a run killed mid-save keeps its previous checkpoint."""
+    import torch
+
+    tmp = ckpt.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(ckpt)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from scratchlm.align.data import read_jsonl
 from scratchlm.align.logprobs import token_log_probs
 from scratchlm.align.losses import sft_loss
-from scratchlm.align.run_dir import open_run_dir, pad_id
+from scratchlm.align.run_dir import open_run_dir, pad_id, save_checkpoint
 from scratchlm.errors import ScratchLMError
 
 log = logging.getLogger(__name__)
@@ -288,9 +288,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, stop_after: int | None = Non
             raise ScratchLMError(f"non-finite SFT loss at step {step + 1}: lower lr")
         if step + 1 == end or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
             state = {"model": inner.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1}
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save(state, tmp)
-            tmp.replace(ckpt)
+            save_checkpoint(ckpt, state)
     metrics.close()
     if end < cfg.steps:
         return {"stopped_at": end, "checkpoint": str(ckpt)}
