@@ -125,13 +125,12 @@ def check_layout(dims: ParallelDims, model: ModelConfig, seq_len: int) -> None:
             seq_len % (2 * dims.cp) == 0,
             f"seq_len={seq_len} is not divisible by 2*cp={2 * dims.cp} (load-balanced causal shards)",
         )
-        need(_has_context_parallel(), "context parallel needs scratchlm.distributed.ring_attention, not in this build")
-
-
-def _has_context_parallel() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("scratchlm.distributed.ring_attention") is not None
+        need(model.attention == "softmax", f"context parallel rings softmax attention, not {model.attention!r}")
+        need(
+            set(model.layer_pattern) == {"L"},
+            f"context parallel needs full-attention layers only, got layer_pattern={model.layer_pattern!r}",
+        )
+        need(model.dropout_attn == 0, "context parallel: ring attention has no attention dropout (dropout_attn = 0)")
 
 
 @dataclass

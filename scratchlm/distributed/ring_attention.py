@@ -2,8 +2,7 @@
 
     apply_context_parallel(model, cp_group)                  # or a 1-d DeviceMesh
     ids = shard_sequence(input_ids, cp_group)                # (B, T) -> (B, T / cp): this rank's tokens
-    pos = shard_sequence(torch.arange(T)[None], cp_group)    # RoPE must see the global positions
-    logits = model(ids, positions=pos)                       # (B, T / cp, V)
+    logits = model(ids)                                      # (B, T / cp, V), at this rank's global positions
     full = unshard_sequence(logits, cp_group)                # (B, T, V), in the global order
 
 Each rank holds a slice of Q, K, V along time. K/V blocks go around the ring (cp - 1 hops); each hop's
@@ -24,6 +23,7 @@ layer builds from its *local* positions is ignored (the ring's block causality r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -216,7 +216,27 @@ class RingAttend:
 
 def apply_context_parallel(model, group, balanced: bool = True, backend: str | None = None) -> None:
     """Install ring attention in every attention layer of `model` (a `TransformerLM`). The caller shards
-    inputs, positions and targets with `shard_sequence` (same `balanced`)."""
+    inputs and targets with `shard_sequence` (same `balanced`); a forward without `positions` then
+    gets this rank's global positions."""
     if not hasattr(model, "set_attend"):
         raise ScratchLMError(f"context parallel: {type(model).__name__} has no set_attend (expected TransformerLM)")
     model.set_attend(RingAttend(group, balanced, backend))
+    _global_positions(model, _group(group), balanced)
+
+
+def _global_positions(model, group, balanced: bool) -> None:
+    """Make a forward without explicit positions use this rank's *global* positions (RoPE, learned positions):
+    its T / cp tokens are chunks of the whole sequence (`shard_sequence` of 0..T-1), not 0..T/cp-1. Replaces
+    the model's `step_context` on the instance, from outside; the context stays unpadded (no mask is built:
+    the ring's block causality is the mask)."""
+    local_context = model.step_context  # the bound method of the model's class
+    cp = dist.get_world_size(group)
+
+    def step_context(input_ids: Tensor, cache, positions: Tensor | None):
+        if positions is not None or cache is not None:
+            return local_context(input_ids, cache, positions)
+        T = input_ids.shape[1] * cp  # the whole sequence
+        pos = shard_sequence(torch.arange(T, device=input_ids.device)[None], group, balanced=balanced)  # (1, T / cp)
+        return dataclasses.replace(local_context(input_ids, None, pos), padded=False)
+
+    model.step_context = step_context

@@ -173,6 +173,8 @@ class TrainConfig:
             bad("optim.z_loss needs the logits, which model.fused_loss never builds: use one of them")
         if self.loss == "distill" and not (self.distill.teacher or self.distill.topk_cache):
             bad("loss = distill needs distill.teacher (a model name or directory) or distill.topk_cache")
+        if self.loss == "distill" and self.parallel.cp > 1:
+            bad("loss = distill with parallel.cp > 1: the teacher would see only this rank's part of each sequence")
         if self.loss == "distill" and self.model.fused_loss:
             bad("loss = distill reads the student's logits, which model.fused_loss never builds: use one of them")
         if not 0 <= self.sample_tokens < self.model.context_length:

@@ -12,6 +12,7 @@ computes gradients too), through the plain model, not its compiled / DDP wrapper
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from scratchlm.model.generate import generate
@@ -24,8 +25,13 @@ from scratchlm.train.step import autocast_context
 class Evaluator:
     """Validation loss / bits per byte over the validation file, and sampled completions."""
 
-    def __init__(self, cfg: TrainConfig, valid: TokenData | None, tokenizer, device: torch.device):
+    def __init__(
+        self, cfg: TrainConfig, valid: TokenData | None, tokenizer, device: torch.device, shard=None, group=None
+    ):
+        """shard: `(x, y) -> (x, y)`, this process's part of a batch (context parallel: chunks of each sequence),
+        whose loss sums are then added over the processes of `group` (a process group or 1-d DeviceMesh)."""
         self.cfg, self.valid, self.tokenizer, self.device = cfg, valid, tokenizer, device
+        self.shard, self.group = shard, group
 
     @torch.no_grad()
     def loss(self, model: nn.Module) -> dict:
@@ -37,11 +43,18 @@ class Evaluator:
         total, count = 0.0, 0
         for x, y in eval_windows(self.valid, self.cfg.batch_size, self.cfg.context, self.cfg.eval_tokens):
             x, y = x.to(self.device), y.to(self.device)  # (B, T) each; y = -100 at padding
+            if self.shard is not None:
+                x, y = self.shard(x, y)
             with autocast_context(self.cfg.precision, self.device):
                 logits = model(x)  # (B, T, V)
             total += cross_entropy(logits, y, reduction="sum").item()
             count += int((y != IGNORE_INDEX).sum())
         model.train()
+        if self.group is not None:  # each process scored its part of every window: add them up
+            sums = torch.tensor([total, count], dtype=torch.float64, device=self.device)
+            group = self.group.get_group() if hasattr(self.group, "get_group") else self.group
+            dist.all_reduce(sums, group=group)
+            total, count = float(sums[0]), int(sums[1])
         nll = total / max(count, 1)
         out = {"val_loss": nll, "val_tokens": count}
         bpt = self.valid.meta.get("bytes_per_token")

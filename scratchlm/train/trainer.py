@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from scratchlm.config import to_dict, to_toml
 from scratchlm.distributed.mesh import destroy_distributed, init_distributed, peer_failures
@@ -165,7 +166,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(mesh.device.type, enabled=cfg.precision == "fp16")
         self.grad_hook = functools.partial(gns.observe, list(model.parameters())) if gns else None
         self.metrics = MetricsLogger(self.run_dir, to_dict(cfg), cfg.wandb, cfg.tensorboard) if mesh.main else None
-        self.evaluator = Evaluator(cfg, valid, tokenizer, mesh.device)
+        self.evaluator = Evaluator(cfg, valid, tokenizer, mesh.device, self.shard, mesh.sub_mesh("cp"))
         self.train_flops = flops_per_token(cfg.model, cfg.context)["train"]
         self.peak, peak_source = peak_flops(mesh.device, cfg.precision)
         self.n_params = sum(p.numel() for p in model.parameters())
@@ -178,6 +179,16 @@ class Trainer:
             )  # fmt: skip
 
     # ---- setup pieces
+
+    def shard(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """This rank's part of a batch: all of it, or under context parallel its chunks of every sequence (the
+        model, whose attention is the ring, gives them their global positions; distributed/ring_attention.py)."""
+        if self.mesh.dims.cp == 1:
+            return x, y
+        from scratchlm.distributed.ring_attention import shard_sequence
+
+        group = self.mesh.sub_mesh("cp")
+        return shard_sequence(x, group), shard_sequence(y, group)  # (B, T / cp) each
 
     def restore(self) -> None:
         """Continue from the run's latest checkpoint (config checked first: a clear message, not a shape error)."""
@@ -225,7 +236,7 @@ class Trainer:
         if hasattr(self.loss_fn, "batch_targets"):  # distillation: targets + the inputs or the cached teacher top-k
             ys = self.loss_fn.batch_targets(xs, ys, self.state.loader.starts(index))
         rows = [slice(m * cfg.batch_size, (m + 1) * cfg.batch_size) for m in range(cfg.grad_accum)]
-        batches = [(xs[r].to(device), ys[r].to(device)) for r in rows]  # grad_accum x (B, T)
+        batches = [self.shard(xs[r].to(device), ys[r].to(device)) for r in rows]  # grad_accum x (B, T [/ cp])
         with peer_failures(cfg.parallel.timeout_s):  # a dead rank: a clear error here, not a hang
             result = self._train_step(batches, step)
         if not result.finite:

@@ -303,6 +303,8 @@ def test_bad_distill_configs(tiny_data, tmp_path):
         run_cfg(tiny_data, tmp_path, "loss=distill")
     with pytest.raises(ScratchLMError, match="fused_loss"):
         run_cfg(tiny_data, tmp_path, "loss=distill", "distill.teacher=x", "model.fused_loss=true")
+    with pytest.raises(ScratchLMError, match="teacher would see only this rank's part"):
+        run_cfg(tiny_data, tmp_path, "loss=distill", "distill.teacher=x", "parallel.cp=2")
 
 
 def test_teacher_of_another_vocabulary_is_an_error_before_any_run_file(tiny_data, tmp_path):
