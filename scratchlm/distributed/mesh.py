@@ -207,8 +207,10 @@ def init_distributed(cfg: TrainConfig, dims: ParallelDims | None = None, timeout
     if dims is None:
         dims = ParallelDims.from_config(cfg.parallel, world)
         check_layout(dims, cfg.model, cfg.context)
-        if dims.pp > 1:  # the pipeline schedules (distributed/pipeline.py) are driven by their own loop
-            raise ScratchLMError(f"parallel.pp = {dims.pp}: `scratchlm train` does not run pipeline stages; use pp = 1")
+        if dims.pp > 1:  # the Trainer runs the stages through distributed/pipeline_train.py
+            from scratchlm.distributed.pipeline_train import check_pipeline_config
+
+            check_pipeline_config(cfg)
     if dims.world != world:
         raise ScratchLMError(f"parallel dims {dims} need {dims.world} processes, but WORLD_SIZE is {world}")
     device = resolve_device(cfg.device)

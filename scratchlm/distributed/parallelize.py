@@ -8,6 +8,9 @@ outside the model, in torchtitan's order:
     5. data parallel: FSDP2 / HSDP             dp_shard > 1 (or tp > 1 with data parallel)   (fsdp.py)
        or DDP                                  dp_replicate > 1 alone                        (ddp.py)
 
+With pp > 1 only activation checkpointing and per-block compile apply here; the Trainer runs the stages
+through `distributed/pipeline_train.py`.
+
     model = TransformerLM(cfg.model)
     fwd_model = parallelize(model, cfg, mesh)     # run forward/backward through fwd_model
     optimizer = build_optimizer(model, cfg.optim)   # the plain model: its parameters, roles, state_dict
@@ -119,8 +122,13 @@ def parallelize(model: nn.Module, cfg: TrainConfig, mesh: Mesh, compile_backend:
 
     dims = mesh.dims
     check_layout(dims, cfg.model, cfg.context)
-    if dims.pp > 1:
-        raise ScratchLMError(f"pipeline parallel (pp = {dims.pp}) runs through distributed.pipeline, not parallelize")
+    if dims.pp > 1:  # the stages run through distributed/pipeline_train.py: only what acts on blocks in place
+        if cfg.checkpointing != "none":
+            apply_activation_checkpointing(model, cfg.checkpointing)
+        if cfg.compile:
+            for block in model.blocks.values():
+                block.compile(backend=compile_backend)
+        return model
     # the parameters become DTensors: per-block compile, FSDP not DDP. Context parallel ranks hold the same weights
     # but other tokens: FSDP shards over dp_shard x cp (torchtitan's dp_shard_cp), which also averages their grads
     sharded = dims.dp_shard > 1 or dims.tp > 1 or dims.cp > 1

@@ -78,7 +78,8 @@ class ParallelConfig:
     dp_shard: int = 1  # FSDP2 shards (fully_shard); -1 = the processes left over (then dp_replicate -1 means 1)
     tp: int = 1  # tensor parallel (heads and MLP columns), with sequence parallel norms unless turned off
     cp: int = 1  # context parallel (ring attention over sequence shards)
-    pp: int = 1  # pipeline parallel stages
+    pp: int = 1  # pipeline parallel stages (the step's grad_accum micro-batches flow through them)
+    pp_schedule: Literal["1f1b", "gpipe"] = "1f1b"  # pipeline schedule (torch.distributed.pipelining)
     sequence_parallel: bool = True  # with tp > 1: norms and residual stream sharded along the sequence
     activation_checkpointing: Literal["", "none", "full", "selective"] = ""  # "" = the top-level bool decides
     param_dtype: Literal["auto", "fp32", "bf16"] = (

@@ -141,7 +141,14 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         model = TransformerLM(cfg.model).to(mesh.device)
-        self.fwd_model = parallelize(model, cfg, mesh)
+        self.pipe = None
+        if mesh.dims.pp > 1:  # this rank runs one stage through a pipeline schedule (distributed/pipeline_train.py)
+            from scratchlm.distributed.pipeline_train import PipelineRun
+
+            self.fwd_model = parallelize(model, cfg, mesh)  # activation checkpointing / compile per block only
+            self.pipe = PipelineRun(model, cfg, mesh, self.loss_fn)
+        else:
+            self.fwd_model = parallelize(model, cfg, mesh)
         # FSDP2 / tensor parallel: DTensor parameters; checkpoints gather them (distributed/dcp.py), and what runs
         # on rank 0 alone (samples) or reads per-parameter gradients (the noise scale) is left out
         self.sharded = is_sharded(model)
@@ -149,7 +156,7 @@ class Trainer:
         schedule = Schedule(optimizer, cfg.schedule, cfg.steps)
         # small batch = this process's first micro-batch, big batch = the whole step (see noise_scale.py)
         gns = None
-        if cfg.noise_scale and cfg.grad_accum > 1 and not self.sharded:
+        if cfg.noise_scale and cfg.grad_accum > 1 and not self.sharded and self.pipe is None:
             gns = NoiseScale(cfg.batch_size * cfg.context, self.tokens_per_step)
         if self.sharded:
             from scratchlm.distributed.dcp import ShardedTrainState
@@ -248,6 +255,8 @@ class Trainer:
 
     def _train_step(self, batches, step: int) -> StepResult:
         cfg = self.cfg
+        if self.pipe is not None:
+            return self.pipe.step(batches, self.state.optimizer, self.state.schedule, step=step)
         return train_step(
             self.fwd_model, batches, self.loss_fn, self.state.optimizer, self.state.schedule, step=step,
             precision=cfg.precision, grad_clip=cfg.optim.grad_clip, scaler=self.scaler, grad_hook=self.grad_hook,
@@ -277,14 +286,16 @@ class Trainer:
         """Validation loss, then a checkpoint (marked best if it is), then samples on rank 0, logged. The
         checkpoint comes before the samples so that nothing that goes wrong while sampling costs trained steps."""
         state, step = self.state, self.state.step
+        if self.pipe is not None:  # every rank evaluates (and rank 0 saves) the whole model: gather the stages
+            self.pipe.gather(state.optimizer)
         result = self.evaluator.loss(state.model)
         is_best = "val_loss" in result and result["val_loss"] < state.best_val_loss
         if is_best:
             state.best_val_loss = result["val_loss"]
-        self.save(result, is_best)
+        self.save(result, is_best, gathered=True)
         if self.mesh.main:
             self.metrics.log({"kind": "eval", "step": step, "tokens": step * self.tokens_per_step, **result})
-            samples = [] if self.sharded else self.evaluator.samples(state.model, step)
+            samples = [] if self.sharded or self.pipe else self.evaluator.samples(state.model, step)
             if samples:
                 with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
                     f.write(f"=== step {step} ===\n" + "\n---\n".join(samples) + "\n")
@@ -292,9 +303,11 @@ class Trainer:
             print(f"eval step {step}: {shown}" + "".join(f"\n  > {s[:200]!r}" for s in samples), flush=True)
         return result
 
-    def save(self, metrics: dict, is_best: bool = False) -> None:
+    def save(self, metrics: dict, is_best: bool = False, gathered: bool = False) -> None:
         if self.sharded:  # every rank takes part in gathering the full state; rank 0 writes it
             self.state.gather()
+        if self.pipe is not None and not gathered:
+            self.pipe.gather(self.state.optimizer)
         if self.mesh.main:
             save_train_state(
                 self.run_dir, self.state, to_dict(self.cfg), metrics, keep_last=self.cfg.keep_last, is_best=is_best

@@ -46,6 +46,29 @@ def test_bad_layout_is_one_line_before_any_process_group(monkeypatch, parallel, 
     assert "\n" not in str(e.value) and not dist.is_initialized()
 
 
+@pytest.mark.parametrize(
+    "parallel, model, kw, match",
+    [
+        ({"pp": 2}, {}, {"grad_accum": 2}, "tied embeddings cannot be split across stages"),
+        ({"pp": 2, "tp": 2}, {"tie_embeddings": False}, {"grad_accum": 2}, "dp_replicate only"),
+        (
+            {"pp": 2},
+            {"tie_embeddings": False},
+            {},
+            "1F1B needs at least pp = 2 micro-batches per step, got grad_accum = 1",
+        ),
+        ({"pp": 2}, {"tie_embeddings": False}, {"grad_accum": 2, "precision": "fp16"}, "fp16 loss scaling"),
+        ({"pp": 2}, {"tie_embeddings": False, "fused_loss": True}, {"grad_accum": 2}, "plain next-token loss"),
+    ],
+)
+def test_pipeline_runs_refuse_what_the_stages_cannot_do(monkeypatch, parallel, model, kw, match):
+    cfg = config(parallel, model={**MODEL, "n_layers": 2, **model}, **kw)
+    monkeypatch.setenv("WORLD_SIZE", str(2 * parallel.get("tp", 1)))
+    with pytest.raises(ScratchLMError, match=match) as e:
+        init_distributed(cfg)
+    assert "\n" not in str(e.value) and not dist.is_initialized()
+
+
 def test_minus_one_fills_the_world():
     p = config().parallel
     assert ParallelDims.from_config(p, 4).enabled == {"dp_replicate": 4}  # default: DDP replicas, as before
