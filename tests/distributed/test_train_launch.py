@@ -104,10 +104,11 @@ def test_context_parallel_launch_matches_one_process(data, tmp_path):
     assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
 
 
-@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
-def test_pipeline_launch_matches_one_process_and_resumes_in_one(data, tmp_path, schedule):
-    """pp = 2: the step's 2 micro-batches flow through 2 stages; losses, gradient norms and validation loss equal
-    one process, and the checkpoint (every stage's weights and optimizer state gathered) resumes in one."""
+@pytest.mark.parametrize("schedule, dp", [("1f1b", 1), ("gpipe", 1), ("1f1b", 2)])
+def test_pipeline_launch_matches_one_process_and_resumes_in_one(data, tmp_path, schedule, dp):
+    """pp = 2 (x dp_replicate = dp): the step's 2 micro-batches flow through 2 stages; losses, gradient norms and
+    validation loss equal one process, and the checkpoint (every stage's weights and optimizer state gathered)
+    resumes in one."""
     sets = {
         "data.train": str(data["train"]), "data.valid": str(data["valid"]), "model.vocab_size": data["vocab_size"],
         "steps": 3, "log_every": 1, "eval_every": 2, "seq_len": 32, "model.n_kv_heads": 2, "batch_size": 2,
@@ -115,9 +116,9 @@ def test_pipeline_launch_matches_one_process_and_resumes_in_one(data, tmp_path, 
     }  # fmt: skip
     pp = str(tmp_path / "pp")
     port = str(free_port())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(2 * dp), "--master_port", port]
     cmd += ["-m", "scratchlm", "train", "--preset", "debug", "--quiet", "--set", f"out_dir={json.dumps(pp)}"]
-    for k, v in {**sets, "parallel.pp": 2, "parallel.pp_schedule": schedule}.items():
+    for k, v in {**sets, "batch_size": 2 // dp, "parallel.pp": 2, "parallel.pp_schedule": schedule}.items():
         cmd += ["--set", f"{k}={json.dumps(v)}"]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
