@@ -3,7 +3,8 @@
     stage_mod = pipeline_stage_module(model, stage, n_stages)              # from pipeline.py
     pipe = OwnPipeline(stage_mod, stage, n_stages, n_microbatches=4, kind="1f1b", batch_size=8, seq_len=T)
     loss = pipe.step(ids=ids if stage == 0 else None, targets=targets if last else None)  # None off the last
-    optimizer.step(); pipe.peak_in_flight                                   # most activations stored at once
+    optimizer.step(); optimizer.zero_grad()                                 # step() accumulates into .grad
+    pipe.peak_in_flight                                                     # most activations stored at once
 
 The readable twin of `pipeline.build_schedule` (torch.distributed.pipelining). A batch is cut into m
 micro-batches. Stage s receives the activation of micro-batch i from s - 1 (shape (B/m, T, D), known
@@ -15,7 +16,7 @@ waits for data, and FIFO order per (sender, receiver) pair matches micro-batches
 
 GPipe runs every forward, then every backward: m activations are alive at the peak. 1F1B warms up with
 p - s - 1 forwards, then alternates one forward and one backward, then drains the backwards: stage s
-holds at most min(m, p - s) activations, whatever m. Both have the same bubble, (p - 1) / (m + p - 1)
+holds at most min(m, p - s) activations, whatever m (m < p is allowed, unlike torch's 1F1B). Both have the same bubble, (p - 1) / (m + p - 1)
 of the step when a forward and a backward take one tick each (`timeline` below; B would be ~2F really).
 1F1B, m = 4 (`print(timeline("1f1b", p, 4))`, '..' = idle):
 
