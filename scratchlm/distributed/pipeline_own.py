@@ -16,8 +16,9 @@ waits for data, and FIFO order per (sender, receiver) pair matches micro-batches
 
 GPipe runs every forward, then every backward: m activations are alive at the peak. 1F1B warms up with
 p - s - 1 forwards, then alternates one forward and one backward, then drains the backwards: stage s
-holds at most min(m, p - s) activations, whatever m (m < p is allowed, unlike torch's 1F1B). Both have the same bubble, (p - 1) / (m + p - 1)
-of the step when a forward and a backward take one tick each (`timeline` below; B would be ~2F really).
+holds at most min(m, p - s) activations, whatever m (m < p is allowed, unlike torch's 1F1B). Both have
+the same bubble, (p - 1) / (m + p - 1) of the step when a forward and a backward take one tick each
+(`timeline` below; B would be ~2F really).
 1F1B, m = 4 (`print(timeline("1f1b", p, 4))`, '..' = idle):
 
     p=2  s0: F0 F1 .. B0 F2 B1 F3 B2 .. B3        p=3  s0: F0 F1 F2 .. .. B0 F3 B1 .. B2 .. B3
