@@ -47,6 +47,13 @@ def main() -> int:
         help="only a stratified MMLU run: the first N val questions of all 57 subjects, 5-shot, next to the "
         "published figure; writes eval_mmlu.{md,json}",
     )
+    ap.add_argument(
+        "--mmlu-format",
+        choices=("mc", "cloze"),
+        default="mc",
+        help="with --mmlu-per-subject: letters, 5-shot (eval_mmlu) or answer texts, 0-shot, acc_norm, as the "
+        "model card (eval_mmlu_cloze); --mmlu-per-subject 0 = every val question",
+    )
     args = ap.parse_args()
     if args.mmlu_per_subject is not None:
         return mmlu_stratified(args)
@@ -190,44 +197,72 @@ def mmlu_stratified(args) -> int:
     info = machine_info()
     model, chat = load_model(args.model)
     mmlu_dir = SHARED / "instruct" / "mmlu"
-    examples = mmlu.load(mmlu_dir, "val", 5, args.mmlu_per_subject, None)
+    cloze = args.mmlu_format == "cloze"
+    shots, metric = (0, "acc_norm") if cloze else (5, "acc")
+    per = args.mmlu_per_subject or None  # 0: all
+    examples = mmlu.load(mmlu_dir, "val", shots, per, None, args.mmlu_format)
     t0 = time.perf_counter()
     metrics, records = evaluate_mc(Scorer(model, chat, args.batch_size), examples)
     secs = time.perf_counter() - t0
     n_subj = len(mmlu.subjects(mmlu_dir, "val"))
-    raw = {"machine": info, "model": args.model, "per_subject": args.mmlu_per_subject, "subjects": n_subj}
-    raw.update({"n": len(records), "acc": metrics["acc"], "acc_stderr": metrics["acc_stderr"], "seconds": secs})
+    raw = {"machine": info, "model": args.model, "per_subject": per, "subjects": n_subj, "format": args.mmlu_format}
+    raw.update({"n": len(records), "seconds": secs, "metrics": {k: v for k, v in metrics.items() if k != "groups"}})
+    raw["groups"] = metrics.get("groups", {})
+    which = f"first {per} val questions x {n_subj} subjects" if per else f"all val questions of {n_subj} subjects"
+    what = "answer-text (cloze) formulation, 0-shot, acc_norm" if cloze else "5-shot letter (MC) formulation, acc"
     rows = [
         [
             "scratchlm",
-            f"MMLU 5-shot letter (MC) formulation, first {args.mmlu_per_subject} val questions x {n_subj} subjects",
-            f"{metrics['acc']:.3f} ± {metrics['acc_stderr']:.3f}",
+            f"MMLU {what}, {which}",
+            f"{metrics[metric]:.3f} ± {metrics[metric + '_stderr']:.3f}",
             len(records),
         ]
     ]
+    if cloze:
+        other = "acc (unnormalised)"
+        rows.append(
+            [
+                "scratchlm",
+                f"MMLU cloze, {which}, {other}",
+                f"{metrics['acc']:.3f} ± {metrics['acc_stderr']:.3f}",
+                len(records),
+            ]
+        )
     if args.model in PUBLISHED:
-        what, value = PUBLISHED[args.model]
-        rows.append(["published", what, f"{value:.3f}", "14042 (test)"])
-        raw["published"] = {"what": what, "value": value}
+        pub_what, value = PUBLISHED[args.model]
+        rows.append(["published", pub_what, f"{value:.3f}", "14042 (test)"])
+        raw["published"] = {"what": pub_what, "value": value}
     md = [
-        f"# MMLU, stratified: {args.model}",
+        f"# MMLU, {'cloze' if cloze else 'stratified'}: {args.model}",
         "",
         machine_block(info, rerun_command("benchmarks.bench_eval")),
         "",
         markdown_table(["source", "task", "accuracy", "n"], rows),
         "",
-        "The published figure is the *cloze* formulation (the answer text scored as the continuation, "
-        "length-normalised, 0-shot, test split, lighteval); ours is the letter formulation (5-shot from the dev "
-        "split, ' A'..' D' scored after 'Answer:'), as lm-eval's `mmlu` task. At 135M parameters the letter "
-        "formulation sits near chance (0.25) because small models have not learnt to map the question to a letter; "
-        "cloze lets them use the answer text, so the two numbers are not comparable one for one. "
-        f"Time {secs:.0f} s ({len(records) / secs:.2f} examples/s).",
-        "",
     ]
-    save_report(Path(args.out), "eval_mmlu", "\n".join(md) + "\n", raw)
+    if cloze:
+        md.append(
+            "Same formulation as the model card (lighteval's `mmlu_cloze`: 'The following are questions about "
+            "<subject>.\\nQuestion: <q>\\nAnswer:' then ' <answer text>', 0-shot, the highest log-likelihood per "
+            "byte of the answer wins), on the *val* split we have (1531 questions) instead of the card's test split "
+            "(14042): the difference from the card is a sampling difference when it lies within about two standard "
+            "errors. The letter formulation (5-shot, eval_mmlu.md) sits near chance for this model. "
+            f"Time {secs:.0f} s ({len(records) / secs:.2f} examples/s)."
+        )
+    else:
+        md.append(
+            "The published figure is the *cloze* formulation (the answer text scored as the continuation, "
+            "length-normalised, 0-shot, test split, lighteval); ours is the letter formulation (5-shot from the dev "
+            "split, ' A'..' D' scored after 'Answer:'), as lm-eval's `mmlu` task. At 135M parameters the letter "
+            "formulation sits near chance (0.25) because small models have not learnt to map the question to a "
+            "letter; cloze lets them use the answer text (eval_mmlu_cloze.md). "
+            f"Time {secs:.0f} s ({len(records) / secs:.2f} examples/s)."
+        )
+    md.append("")
+    save_report(Path(args.out), "eval_mmlu_cloze" if cloze else "eval_mmlu", "\n".join(md) + "\n", raw)
     print("\n".join(md))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -21,11 +21,14 @@ def register(sub) -> None:
     r.add_argument(
         "--tasks",
         required=True,
-        help="comma-separated: mmlu[:subj+subj], gsm8k, bpb:FILE, mc:FILE.jsonl, task:FILE.toml",
+        help="comma-separated: mmlu[:subj+subj], mmlu_cloze[:subj+subj], gsm8k, bpb:FILE, mc:FILE.jsonl, "
+        "task:FILE.toml",
     )
     r.add_argument("--out", required=True, help="output directory (rerun with the same one to resume)")
     r.add_argument("--limit", type=int, default=None, help="examples per task (per subject for MMLU)")
-    r.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: 5 for mmlu/gsm8k)")
+    r.add_argument(
+        "--num-fewshot", type=int, default=None, help="few-shot examples (default: 5 for mmlu/gsm8k, 0 for mmlu_cloze)"
+    )
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--seed", type=int, default=1234)
     r.add_argument("--chat", action="store_true", help="GSM8K through the model's chat template")

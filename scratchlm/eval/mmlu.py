@@ -19,7 +19,18 @@ The prompt is lm-evaluation-harness's `mmlu` task (the "MCF" letter format), so 
     Answer:
 
 The choices scored are " A", " B", " C", " D" (one token each for byte-level BPEs), so `acc` is the
-figure; `acc_norm` equals it up to ties. Questions are `.strip()`ped as lm-eval does. The overall
+figure; `acc_norm` equals it up to ties.
+
+`fmt="cloze"` is the formulation small models are reported with (SmolLM2's model card, lighteval's
+`mmlu_cloze`, 0-shot by default): no letters, each answer *text* scored as the continuation and the
+choice with the highest log-likelihood per byte wins (`acc_norm` is the figure):
+
+    The following are questions about abstract algebra.
+    Question: <question>
+    Answer: <choice text>
+
+Few-shot cloze prompts put k dev examples, each "Question: ...\nAnswer: <gold text>\n\n", after the
+first line. Questions are `.strip()`ped as lm-eval does. The overall
 score is the mean over all questions (micro, what lm-eval's `mmlu` group reports); the mean over
 subjects (macro, the original paper's) is reported next to it.
 
@@ -71,14 +82,31 @@ def prompt(subject: str, shots: list[dict], row: dict) -> str:
     return head + fewshot + format_question(row)
 
 
+def cloze_question(row: dict) -> str:
+    return f"Question: {row['question'].strip()}\nAnswer:"
+
+
+def cloze_prompt(subject: str, shots: list[dict], row: dict) -> str:
+    head = f"The following are questions about {subject.replace('_', ' ')}.\n"
+    fewshot = "".join(f"{cloze_question(s)} {s['choices'][s['answer']]}\n\n" for s in shots)
+    return head + fewshot + cloze_question(row)
+
+
+FORMATS = ("mc", "cloze")
+
+
 def load(
     data_dir: str | Path,
     split: str = "val",
     num_fewshot: int = 5,
     limit: int | None = None,
     only: list[str] | None = None,
+    fmt: str = "mc",
 ) -> list[MCExample]:
-    """MMLU examples: `limit` questions per subject (the first ones), `only` a subset of subjects."""
+    """MMLU examples: `limit` questions per subject (the first ones), `only` a subset of subjects, in the
+    letter ("mc") or answer-text ("cloze") formulation."""
+    if fmt not in FORMATS:
+        raise ScratchLMError(f"unknown MMLU format {fmt!r}: expected one of {', '.join(FORMATS)}")
     data_dir = Path(data_dir)
     names = subjects(data_dir, split)
     if only:
@@ -93,7 +121,9 @@ def load(
             raise ScratchLMError(f"{subject}: {num_fewshot}-shot asked but the dev split has {len(shots)} examples")
         rows = read_csv(data_dir / split / f"{subject}_{split}.csv")
         for i, row in enumerate(rows[:limit] if limit else rows):
-            examples.append(
-                MCExample(prompt(subject, shots, row), [" " + x for x in LETTERS], row["answer"], subject, {"id": i})
-            )
+            if fmt == "cloze":
+                context, choices = cloze_prompt(subject, shots, row), [" " + c.strip() for c in row["choices"]]
+            else:
+                context, choices = prompt(subject, shots, row), [" " + x for x in LETTERS]
+            examples.append(MCExample(context, choices, row["answer"], subject, {"id": i}))
     return examples

@@ -52,20 +52,26 @@ def card(results: dict) -> str:
         lines += ["", *extra]
     for name, m in results["tasks"].items():
         if m.get("groups"):
+            key = group_metric(m)
             lines += [
                 "",
                 f"## {name} by group",
                 "",
                 f"![{name}]({name}_groups.png)",
                 "",
-                "| group | acc | n |",
+                f"| group | {key} | n |",
                 "|---|---|---|",
             ]
-            lines += [f"| {g} | {fmt(v['acc'], 3)} | {v['n']} |" for g, v in m["groups"].items()]
+            lines += [f"| {g} | {fmt(v[key], 3)} | {v['n']} |" for g, v in m["groups"].items()]
     return "\n".join(lines) + "\n"
 
 
-def plot_groups(path: Path, name: str, groups: dict) -> None:
+def group_metric(m: dict) -> str:
+    """The task's metric where the groups carry it (acc_norm for cloze MMLU), else acc."""
+    return m["metric"] if all(m["metric"] in v for v in m["groups"].values()) else "acc"
+
+
+def plot_groups(path: Path, name: str, groups: dict, key: str = "acc") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,10 +79,10 @@ def plot_groups(path: Path, name: str, groups: dict) -> None:
 
     names = list(groups)
     fig, ax = plt.subplots(figsize=(8, max(3, 0.18 * len(names))))
-    ax.barh(names, [groups[g]["acc"] for g in names])
+    ax.barh(names, [groups[g][key] for g in names])
     ax.axvline(0.25, color="grey", linestyle="--", linewidth=1, label="chance (4 choices)")
     ax.set_xlim(0, 1)
-    ax.set_xlabel("accuracy")
+    ax.set_xlabel(key)
     ax.set_title(name)
     ax.tick_params(axis="y", labelsize=6)
     ax.legend(loc="lower right")
@@ -89,7 +95,7 @@ def plot_groups(path: Path, name: str, groups: dict) -> None:
 def write_report(out: Path, results: dict) -> None:
     for name, m in results["tasks"].items():
         if m.get("groups"):
-            plot_groups(out / f"{name}_groups.png", name, m["groups"])
+            plot_groups(out / f"{name}_groups.png", name, m["groups"], group_metric(m))
     with atomic_write(out / "report.md", "w", encoding="utf-8") as f:
         f.write(card(results))
 

@@ -4,6 +4,7 @@ Task specs (comma-separated on the command line):
 
     mmlu                 MMLU, 5-shot from dev, questions from `val` (see mmlu.py)
     mmlu:anatomy+virology   only these subjects
+    mmlu_cloze           MMLU as answer texts (no letters), 0-shot, acc_norm: small models' formulation
     gsm8k                GSM8K, 5-shot (chat template with --chat), greedy, exact match (see gsm8k.py)
     bpb:FILE             bits per byte of a text file (sliding window, see bpb.py); FILE may be a
                          name under the shared data texts (owt_mini, tinystories_val, tinyshakespeare)
@@ -38,7 +39,7 @@ TEXTS = {
     "tinystories_val": "text/tinystories_val.txt",
     "tinyshakespeare": "text/tinyshakespeare.txt",
 }
-KINDS = ("mmlu", "gsm8k", "bpb", "mc", "task")
+KINDS = ("mmlu", "mmlu_cloze", "gsm8k", "bpb", "mc", "task")
 
 
 @dataclass
@@ -68,7 +69,8 @@ def parse_tasks(spec: str) -> list[tuple[str, str]]:
         kind, _, arg = item.partition(":")
         if kind not in KINDS:
             raise ScratchLMError(
-                f"unknown task {item!r}: expected one of mmlu, gsm8k, bpb:FILE, mc:FILE.jsonl, task:FILE.toml"
+                f"unknown task {item!r}: expected one of mmlu, mmlu_cloze, gsm8k, bpb:FILE, mc:FILE.jsonl, "
+                "task:FILE.toml"
             )
         if kind in ("bpb", "mc", "task") and not arg:
             raise ScratchLMError(f"task {kind!r} needs a file: {kind}:FILE")
@@ -79,7 +81,7 @@ def parse_tasks(spec: str) -> list[tuple[str, str]]:
 
 
 def task_name(kind: str, arg: str) -> str:
-    return kind if not arg else f"{kind}_{Path(arg).stem if kind != 'mmlu' else arg.replace('+', '_')}"
+    return kind if not arg else f"{kind}_{arg.replace('+', '_') if kind.startswith('mmlu') else Path(arg).stem}"
 
 
 def text_file(arg: str) -> Path:
@@ -214,21 +216,25 @@ def evaluate(
         t0 = time.perf_counter()
         cache = ResultCache(out / "cache" / f"{name}.jsonl")
         shots = settings.num_fewshot
-        if kind in ("mmlu", "mc"):
+        if kind in ("mmlu", "mmlu_cloze", "mc"):
             from scratchlm.eval import mmlu
             from scratchlm.eval.loglik import Scorer
             from scratchlm.eval.tasks import jsonl_mc_task
 
             scorer = scorer or Scorer(model, chat, settings.batch_size, truncate=settings.truncate)
-            if kind == "mmlu":
-                shots = 5 if shots is None else shots
+            metric = "acc"
+            if kind.startswith("mmlu"):
+                cloze = kind == "mmlu_cloze"
+                shots = (0 if cloze else 5) if shots is None else shots
                 only = arg.split("+") if arg else None
-                examples = mmlu.load(settings.mmlu_dir, settings.mmlu_split, shots, settings.limit, only)
+                fmt = "cloze" if cloze else "mc"
+                examples = mmlu.load(settings.mmlu_dir, settings.mmlu_split, shots, settings.limit, only, fmt)
+                metric = "acc_norm" if cloze else "acc"
             else:
                 shots = shots or 0
                 examples = jsonl_mc_task(arg, settings.limit, shots, settings.seed)
             metrics, records = run_mc(scorer, examples, cache, settings, name)
-            metrics["metric"] = "acc"
+            metrics["metric"] = metric
         elif kind == "task":
             from scratchlm.eval import custom
 

@@ -104,8 +104,10 @@ def summarise(records: list[dict]) -> dict:
         out[f"{m}_stderr"] = stderr_of_mean(vals)
     groups = sorted({r["group"] for r in records if r["group"]})
     if groups:
-        per = {g: [r["acc"] for r in records if r["group"] == g] for g in groups}
-        out["groups"] = {g: {"acc": sum(v) / len(v), "n": len(v)} for g, v in per.items()}
+        per = {g: [r for r in records if r["group"] == g] for g in groups}
+        out["groups"] = {
+            g: {m: sum(r[m] for r in v) / len(v) for m in ("acc", "acc_norm")} | {"n": len(v)} for g, v in per.items()
+        }
         out["acc_macro"] = sum(g["acc"] for g in out["groups"].values()) / len(groups)
     return out
 

@@ -82,3 +82,33 @@ def test_checkpoints_bad_input(tiny_run, tmp_path, capsys):
         == 1
     )
     assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+def test_mmlu_cloze_end_to_end_reports_acc_norm_by_subject(tiny_run, tmp_path):
+    from scratchlm.eval.run import SHARED
+
+    if not (SHARED / "instruct" / "mmlu" / "val").is_dir():
+        pytest.skip("../shared/data/instruct/mmlu not found (only on the project's machines)")
+    out = tmp_path / "cloze"
+    args = [
+        "eval",
+        "run",
+        "--model",
+        str(tiny_run / "run"),
+        "--tasks",
+        "mmlu_cloze:abstract_algebra+elementary_mathematics",
+        "--limit",
+        "2",
+    ]
+    assert main([*args, "--out", str(out), "--no-progress"]) == 0
+    task = json.loads((out / "results.json").read_text())["tasks"]["mmlu_cloze_abstract_algebra_elementary_mathematics"]
+    assert task["metric"] == "acc_norm" and task["n"] == 4 and task["num_fewshot"] == 0
+    assert set(task["groups"]) == {"abstract_algebra", "elementary_mathematics"} and all(
+        "acc_norm" in g for g in task["groups"].values()
+    )
+    samples = [
+        json.loads(x)
+        for x in (out / "samples" / "mmlu_cloze_abstract_algebra_elementary_mathematics.jsonl").read_text().splitlines()
+    ]
+    assert task["acc_norm"] == pytest.approx(sum(s["acc_norm"] for s in samples) / 4)
+    assert "| group | acc_norm | n |" in (out / "report.md").read_text()

@@ -172,6 +172,23 @@ def test_mmlu_prompt_format():
         mmlu.load(SHARED / "instruct" / "mmlu", only=["astrology"])
 
 
+def test_mmlu_cloze_prompt_scores_answer_texts():
+    if not (SHARED / "instruct" / "mmlu" / "val").is_dir():
+        pytest.skip("../shared/data/instruct/mmlu not found (only on the project's machines)")
+    d = SHARED / "instruct" / "mmlu"
+    row = mmlu.read_csv(d / "val" / "anatomy_val.csv")[0]
+    (ex,) = mmlu.load(d, num_fewshot=0, limit=1, only=["anatomy"], fmt="cloze")
+    assert ex.context == f"The following are questions about anatomy.\nQuestion: {row['question'].strip()}\nAnswer:"
+    assert ex.choices == [" " + c.strip() for c in row["choices"]] and ex.gold == row["answer"]
+    (two,) = mmlu.load(d, num_fewshot=2, limit=1, only=["anatomy"], fmt="cloze")
+    shot = mmlu.read_csv(d / "dev" / "anatomy_dev.csv")[0]
+    first = f"Question: {shot['question'].strip()}\nAnswer: {shot['choices'][shot['answer']]}\n\n"
+    assert two.context.count("\nAnswer:") == 3 and first in two.context and two.context.endswith(ex.context[-60:])
+    with pytest.raises(ScratchLMError, match="unknown MMLU format 'letters'"):
+        mmlu.load(d, limit=1, only=["anatomy"], fmt="letters")
+    assert parse_tasks("mmlu_cloze:anatomy") == [("mmlu_cloze", "anatomy")]
+
+
 def test_result_cache_drops_a_torn_last_line(tmp_path):
     p = tmp_path / "c.jsonl"
     p.write_text('{"key": "a", "acc": 1.0}\n{"key": "b", "ac')
