@@ -135,7 +135,8 @@ def parallelize(model: nn.Module, cfg: TrainConfig, mesh: Mesh, compile_backend:
     if dims.tp > 1:
         from scratchlm.distributed.tensor_parallel import apply_tensor_parallel
 
-        apply_tensor_parallel(model, mesh.sub_mesh("tp"), cfg.parallel.sequence_parallel)
+        p = cfg.parallel
+        apply_tensor_parallel(model, mesh.sub_mesh("tp"), p.sequence_parallel, p.loss_parallel)
     if dims.cp > 1:
         apply_context_parallel_from_helper(model, mesh)
     if cfg.checkpointing != "none":

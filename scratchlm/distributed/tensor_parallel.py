@@ -7,7 +7,9 @@ Per block: q/k/v and gate/up are column-parallel (each rank computes H/tp heads 
 communication), o and down row-parallel (partial sums reduced). The attention module's head counts are
 set to the local ones, so its `view(B, T, heads, Dh)` sees its share. The embedding is row-parallel over
 the vocabulary and the head column-parallel over it (tied weights: both Shard(0), still one tensor); the
-head's logits are gathered (Replicate), so the losses stay unchanged.
+head's logits are gathered (Replicate), so the losses stay unchanged; with `loss_parallel=True` they stay
+sharded over the vocabulary and the loss reduces them in place (loss_parallel.py: three (B, T) all-reduces
+instead of gathering (B, T, V)).
 
 Without sequence parallel the residual stream is replicated: two all-reduces per block forward (after o and
 after down) and two backward. With it (default) the residual stream, norms and dropout are sharded along
@@ -40,8 +42,11 @@ def _sharded_lookup(embed: nn.Module, ids: Tensor) -> Tensor:
     return out if scale is None else out * float(scale)
 
 
-def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool = True) -> nn.Module:
-    """Shard `model` (a `TransformerLM`, before any wrapper) over `tp_mesh` in place; returns it."""
+def apply_tensor_parallel(
+    model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool = True, loss_parallel: bool = False
+) -> nn.Module:
+    """Shard `model` (a `TransformerLM`, before any wrapper) over `tp_mesh` in place; returns it.
+    loss_parallel: the model returns this rank's logits (B, T, V / tp) and `model.vocab_parallel` says which."""
     tp = tp_mesh.size()
     cfg = model.config
     if sequence_parallel and model.pos_embed is not None:
@@ -51,7 +56,7 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parall
     root_plan = {
         # rows of the vocabulary per rank; the partial sums reduced (SP: scattered along the sequence)
         "embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=seq),
-        "head": ColwiseParallel(input_layouts=seq, output_layouts=Replicate()),
+        "head": ColwiseParallel(input_layouts=seq, output_layouts=Shard(-1) if loss_parallel else Replicate()),
     }
     if sequence_parallel and not isinstance(model.norm, nn.Identity):
         root_plan["norm"] = SequenceParallel(use_local_output=True)
@@ -62,6 +67,10 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh, sequence_parall
     parallelize_module(model, tp_mesh, root_plan)
     if tied:  # both Shard(0) over the vocabulary: one parameter again
         model.head.weight = model.embed.weight
+    if loss_parallel:
+        from scratchlm.distributed.loss_parallel import VocabShard
+
+        model.vocab_parallel = VocabShard(tp_mesh.get_group(), tp_mesh.get_local_rank() * (cfg.vocab_size // tp))
     for block in model.blocks.values():
         attn, mlp = block.mixer, block.mlp
         attn.n_heads //= tp  # local heads: the projections' outputs are this rank's heads only

@@ -77,6 +77,7 @@ RESUME_ALLOWED = (
     "tensorboard",
     # the process layout: checkpoints hold the full (unsharded) state, which any layout loads
     *(f"parallel.{k}" for k in ("dp_replicate", "dp_shard", "tp", "cp", "pp", "pp_schedule", "sequence_parallel")),
+    "parallel.loss_parallel",
     *(f"parallel.{k}" for k in ("activation_checkpointing", "param_dtype", "reduce_dtype", "timeout_s")),
 )
 _PATH_KEYS = ("data.train", "data.valid", "data.tokenizer")

@@ -81,6 +81,7 @@ class ParallelConfig:
     pp: int = 1  # pipeline parallel stages (the step's grad_accum micro-batches flow through them)
     pp_schedule: Literal["1f1b", "gpipe"] = "1f1b"  # pipeline schedule (torch.distributed.pipelining)
     sequence_parallel: bool = True  # with tp > 1: norms and residual stream sharded along the sequence
+    loss_parallel: bool = False  # with tp > 1: logits stay sharded over the vocabulary, the loss reduces them
     activation_checkpointing: Literal["", "none", "full", "selective"] = ""  # "" = the top-level bool decides
     param_dtype: Literal["auto", "fp32", "bf16"] = (
         "auto"  # FSDP2 compute dtype of parameters; auto = bf16 iff precision bf16
@@ -174,6 +175,8 @@ class TrainConfig:
             bad("optim.z_loss needs the logits, which model.fused_loss never builds: use one of them")
         if self.loss == "distill" and not (self.distill.teacher or self.distill.topk_cache):
             bad("loss = distill needs distill.teacher (a model name or directory) or distill.topk_cache")
+        if self.parallel.loss_parallel and (self.loss not in ("", "lm") or self.optim.z_loss):
+            bad("parallel.loss_parallel computes the plain next-token loss: loss = lm and optim.z_loss = 0")
         if self.loss == "distill" and self.parallel.cp > 1:
             bad("loss = distill with parallel.cp > 1: the teacher would see only this rank's part of each sequence")
         if self.loss == "distill" and self.model.fused_loss:

@@ -47,7 +47,9 @@ class Evaluator:
                 x, y = self.shard(x, y)
             with autocast_context(self.cfg.precision, self.device):
                 logits = model(x)  # (B, T, V)
-            total += cross_entropy(logits, y, reduction="sum").item()
+            shard = getattr(model, "vocab_parallel", None)  # loss parallel: this rank's slice of the vocabulary
+            ce = shard.cross_entropy if shard is not None else cross_entropy
+            total += ce(logits, y, reduction="sum").item()
             count += int((y != IGNORE_INDEX).sum())
         model.train()
         if self.group is not None:  # each process scored its part of every window: add them up

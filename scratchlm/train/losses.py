@@ -116,6 +116,10 @@ class LMLoss:
     ops: str = "torch"  # cross-entropy through torch's fused kernels, or "own" (the readable reference)
 
     def __call__(self, logits: Tensor, targets: Tensor, model: nn.Module | None = None):
+        shard = getattr(model, "vocab_parallel", None)  # loss parallel: logits (B, T, V / tp) of this rank
+        if shard is not None:
+            ce = shard.cross_entropy(logits, targets, self.ignore_index)
+            return ce, {"ce": ce.detach()}
         return lm_loss(logits, targets, self.z_loss_coef, self.ignore_index, CROSS_ENTROPY[self.ops])
 
 
