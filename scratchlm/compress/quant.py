@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scratchlm.errors import InvalidArgument
+from scratchlm.errors import InvalidArgument, ScratchLMError
 
 METHODS = ("rtn", "gptq")
 
@@ -153,12 +153,38 @@ def quant_fast_path(x: Tensor, qweight: Tensor, bits: int, scale, zero, group_si
     return None
 
 
+def cpu_bound_path(m: nn.Module, x: Tensor) -> Tensor | None:
+    """Int8Linear / Int4Linear `m` on CPU: the compiled kernel bound to m's weights once (rebound when they
+    change), so a decode step pays ~2 us of Python per linear instead of `quant_fast_path`'s ~15; None
+    where it does not apply (the caller tries `quant_fast_path`, then the reference)."""
+    from scratchlm.kernels import dispatch
+    from scratchlm.kernels.quant_gemv import BoundGemv
+
+    if dispatch._forced and dispatch._forced[-1] == "torch":
+        return None
+    buffers = m._buffers  # plain dict reads: Module.__getattr__ costs ~0.3 us an attribute
+    bias, zero = m._parameters["bias"], buffers["zero"] if m.bits == 4 else None
+    if bias is not None and bias.requires_grad and torch.is_grad_enabled():
+        return None  # training through the bias: keep autograd's path
+    gemv = m._gemv
+    if gemv is None or not gemv.bound_to(buffers["qweight"], buffers["scale"], zero, bias):
+        try:
+            gemv = m._gemv = BoundGemv(m.bits, buffers["qweight"], buffers["scale"], zero, m.group_size, bias)
+        except ScratchLMError:  # no extension, or weights not in the kernel's layout: the general path
+            m._gemv = None
+            return None
+    return gemv(x)
+
+
 class Int8Linear(nn.Module):
     """y = x (scale * q)^T + b with q int8 (out, in), one scale per output channel."""
+
+    bits, group_size = 8, 0
 
     def __init__(self, d_in: int, d_out: int, bias: bool = False):
         super().__init__()
         self.in_features, self.out_features = d_in, d_out
+        self._gemv = None  # the CPU kernel bound to the weights (cpu_bound_path)
         self.register_buffer("qweight", torch.zeros(d_out, d_in, dtype=torch.int8))
         self.register_buffer("scale", torch.ones(d_out))
         self.register_parameter("bias", nn.Parameter(torch.zeros(d_out)) if bias else None)
@@ -175,7 +201,9 @@ class Int8Linear(nn.Module):
         return dequantize_int8(self.qweight, self.scale, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        fast = quant_fast_path(x, self.qweight, 8, self.scale, None, 0, self.bias)
+        fast = cpu_bound_path(self, x) if x.device.type == "cpu" else None
+        if fast is None:
+            fast = quant_fast_path(x, self.qweight, 8, self.scale, None, 0, self.bias)
         return fast if fast is not None else F.linear(x, self.dequantize(x.dtype), self.bias)
 
     def extra_repr(self) -> str:
@@ -185,10 +213,13 @@ class Int8Linear(nn.Module):
 class Int4Linear(nn.Module):
     """y = x (scale * (q - zero))^T + b with q 4-bit in groups of `group_size` inputs, two per byte."""
 
+    bits = 4
+
     def __init__(self, d_in: int, d_out: int, group_size: int, bias: bool = False):
         super().__init__()
         check_groups(d_in, group_size)
         self.in_features, self.out_features, self.group_size = d_in, d_out, group_size
+        self._gemv = None  # the CPU kernel bound to the weights (cpu_bound_path)
         groups = d_in // group_size
         self.register_buffer("qweight", torch.zeros(d_out, d_in // 2, dtype=torch.uint8))
         self.register_buffer("scale", torch.ones(d_out, groups))
@@ -217,7 +248,9 @@ class Int4Linear(nn.Module):
         return dequantize_int4(self.qweight, self.scale, self.zero, self.group_size, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        fast = quant_fast_path(x, self.qweight, 4, self.scale, self.zero, self.group_size, self.bias)
+        fast = cpu_bound_path(self, x) if x.device.type == "cpu" else None
+        if fast is None:
+            fast = quant_fast_path(x, self.qweight, 4, self.scale, self.zero, self.group_size, self.bias)
         return fast if fast is not None else F.linear(x, self.dequantize(x.dtype), self.bias)
 
     def extra_repr(self) -> str:

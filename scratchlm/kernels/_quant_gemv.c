@@ -12,9 +12,12 @@
  *         y[r, n] = sum_g scale[n, g] * (sum_{k in g} x[r, k] q[n, k]  -  zero[n, g] * xsum[r, g])
  *
  * so the scale and zero of a group are applied once per group: the inner loop only unpacks, converts and
- * multiply-adds (16 lanes of partial sums the compiler vectorises; the row count is a compile-time
- * constant of each specialisation so the accumulators stay in registers). xsum[r, g] (the sum of the
- * activations of a group) is computed once per call.
+ * multiply-adds (16 lanes of partial sums; the row count is a compile-time constant of each
+ * specialisation so the accumulators stay in registers). xsum[r, g] (the sum of the activations of a
+ * group) is computed once per call.
+ *
+ * Loops: AVX-512F, AVX2 + FMA (intrinsics, tiles of several output rows) or portable vector extensions,
+ * the best the CPU has, checked at import (`isa()`, `set_isa()`; env SCRATCHLM_QUANT_ISA lowers it).
  *
  * Threads: output rows are split in contiguous ranges over a small pool of persistent POSIX threads (a
  * decode step calls ~200 linears; starting threads per call would cost ~50 us each time). Workers spin a
@@ -132,85 +135,249 @@ static inline __attribute__((always_inline)) void int4_range(const Job *j, int64
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define HAVE_AVX512_PATH 1
-/* The same two loops written with AVX-512 intrinsics (GCC lowers the vector-extension conversions above to
- * 4-wide pieces): 16 bytes -> 16 int32 -> 16 floats, one FMA per row of activations. */
-static inline __attribute__((always_inline, target("avx512f"))) void int8_range_512(const Job *j, int64_t n0,
-                                                                                   int64_t n1, const int R) {
+#define HAVE_X86_PATHS 1
+/* The same loops with AVX-512 / AVX2 intrinsics (GCC lowers the vector-extension conversions above to
+ * 4-wide pieces), compiled for those ISAs by target attributes and picked at import by a CPU check, so the
+ * build needs no -march flag and the module runs on any x86-64. A tile of NB output rows is computed at
+ * once: with one row of activations a single accumulator is a chain of dependent FMAs (latency-bound, ~4x
+ * below the FMA throughput); NB x R independent accumulators hide that latency and share each activation
+ * load across NB weight rows. NB is a compile-time constant of each (R, NB) specialisation. */
+#define NB8(R) ((R) <= 2 ? 4 : (R) <= 4 ? 2 : 1)
+#define NB4(R) ((R) == 1 ? 4 : (R) <= 3 ? 2 : 1)
+
+static inline __attribute__((always_inline, target("avx512f"))) void int8_tile_512(const Job *j, int64_t n0,
+                                                                                  int64_t n1, const int R,
+                                                                                  const int NB) {
     const int64_t K = j->K;
     const int8_t *Q = (const int8_t *)j->q;
-    for (int64_t n = n0; n < n1; n++) {
-        const int8_t *q = Q + n * K;
-        __m512 acc[MAX_ROWS];
-        float tail[MAX_ROWS];
-        for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps(), tail[r] = 0.0f;
+    for (int64_t n = n0; n < n1; n += NB) {
+        __m512 acc[4][MAX_ROWS];
+        float tail[4][MAX_ROWS];
+        for (int b = 0; b < NB; b++)
+            for (int r = 0; r < R; r++) acc[b][r] = _mm512_setzero_ps(), tail[b][r] = 0.0f;
         int64_t k = 0;
         for (; k + LANES <= K; k += LANES) {
-            const __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + k))));
-            for (int r = 0; r < R; r++) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(j->x + r * K + k), w, acc[r]);
+            __m512 w[4];
+            for (int b = 0; b < NB; b++)
+                w[b] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(Q + (n + b) * K + k))));
+            for (int r = 0; r < R; r++) {
+                const __m512 xv = _mm512_loadu_ps(j->x + r * K + k);
+                for (int b = 0; b < NB; b++) acc[b][r] = _mm512_fmadd_ps(xv, w[b], acc[b][r]);
+            }
         }
         for (; k < K; k++)
-            for (int r = 0; r < R; r++) tail[r] += j->x[r * K + k] * (float)q[k];
-        const float s = j->scale[n], b = j->bias ? j->bias[n] : 0.0f;
-        for (int r = 0; r < R; r++) j->y[r * j->N + n] = s * (_mm512_reduce_add_ps(acc[r]) + tail[r]) + b;
+            for (int b = 0; b < NB; b++)
+                for (int r = 0; r < R; r++) tail[b][r] += j->x[r * K + k] * (float)Q[(n + b) * K + k];
+        for (int b = 0; b < NB; b++) {
+            const float s = j->scale[n + b], bias = j->bias ? j->bias[n + b] : 0.0f;
+            for (int r = 0; r < R; r++)
+                j->y[r * j->N + n + b] = s * (_mm512_reduce_add_ps(acc[b][r]) + tail[b][r]) + bias;
+        }
     }
 }
 
-static inline __attribute__((always_inline, target("avx512f"))) void int4_range_512(const Job *j, int64_t n0,
-                                                                                   int64_t n1, const int R) {
+static inline __attribute__((always_inline, target("avx512f"))) void int4_tile_512(const Job *j, int64_t n0,
+                                                                                  int64_t n1, const int R,
+                                                                                  const int NB) {
     const int64_t K = j->K, G = j->G, H = j->G / 2, ng = j->K / j->G;
     const uint8_t *P = (const uint8_t *)j->q;
     const __m512i low = _mm512_set1_epi32(15);
-    for (int64_t n = n0; n < n1; n++) {
-        const uint8_t *p = P + n * (K / 2);
-        const float *sc = j->scale + n * ng;
-        const uint8_t *zp = j->zero + n * ng;
-        __m512 tot[MAX_ROWS];
-        float rest[MAX_ROWS];
-        for (int r = 0; r < R; r++) tot[r] = _mm512_setzero_ps(), rest[r] = 0.0f;
+    for (int64_t n = n0; n < n1; n += NB) {
+        __m512 tot[4][MAX_ROWS];
+        float rest[4][MAX_ROWS]; /* zero-point terms and the scalar tails */
+        for (int b = 0; b < NB; b++)
+            for (int r = 0; r < R; r++) tot[b][r] = _mm512_setzero_ps(), rest[b][r] = 0.0f;
         for (int64_t g = 0; g < ng; g++) {
-            const uint8_t *pg = p + g * H;
             const int64_t k0 = g * G;
-            const float s = sc[g];
-            __m512 acc[MAX_ROWS];
-            float tail[MAX_ROWS];
-            for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps(), tail[r] = 0.0f;
+            __m512 acc[4][MAX_ROWS];
+            float tail[4][MAX_ROWS];
+            for (int b = 0; b < NB; b++)
+                for (int r = 0; r < R; r++) acc[b][r] = _mm512_setzero_ps(), tail[b][r] = 0.0f;
             int64_t i = 0;
             for (; i + LANES <= H; i += LANES) {
-                const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(pg + i)));
-                const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(b, low));
-                const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
+                __m512 lo[4], hi[4];
+                for (int b = 0; b < NB; b++) {
+                    const uint8_t *pg = P + (n + b) * (K / 2) + g * H;
+                    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(pg + i)));
+                    lo[b] = _mm512_cvtepi32_ps(_mm512_and_si512(v, low));
+                    hi[b] = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
+                }
                 for (int r = 0; r < R; r++) {
                     const float *xl = j->x + r * K + k0 + i;
-                    acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(xl), lo, acc[r]);
-                    acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(xl + H), hi, acc[r]);
+                    const __m512 xa = _mm512_loadu_ps(xl), xb = _mm512_loadu_ps(xl + H);
+                    for (int b = 0; b < NB; b++) {
+                        acc[b][r] = _mm512_fmadd_ps(xa, lo[b], acc[b][r]);
+                        acc[b][r] = _mm512_fmadd_ps(xb, hi[b], acc[b][r]);
+                    }
                 }
             }
-            for (; i < H; i++)
-                for (int r = 0; r < R; r++) {
-                    const float *xl = j->x + r * K + k0 + i;
-                    tail[r] += xl[0] * (float)(pg[i] & 15) + xl[H] * (float)(pg[i] >> 4);
+            for (; i < H; i++) /* group halves that are not a multiple of 16 */
+                for (int b = 0; b < NB; b++) {
+                    const uint8_t byte = P[(n + b) * (K / 2) + g * H + i];
+                    for (int r = 0; r < R; r++) {
+                        const float *xl = j->x + r * K + k0 + i;
+                        tail[b][r] += xl[0] * (float)(byte & 15) + xl[H] * (float)(byte >> 4);
+                    }
                 }
-            const float zs = s * (float)zp[g];
-            const __m512 sv = _mm512_set1_ps(s);
-            for (int r = 0; r < R; r++) {
-                tot[r] = _mm512_fmadd_ps(sv, acc[r], tot[r]);
-                rest[r] += s * tail[r] - zs * j->xsum[r * ng + g];
+            for (int b = 0; b < NB; b++) {
+                const float s = j->scale[(n + b) * ng + g], zs = s * (float)j->zero[(n + b) * ng + g];
+                const __m512 sv = _mm512_set1_ps(s);
+                for (int r = 0; r < R; r++) {
+                    tot[b][r] = _mm512_fmadd_ps(sv, acc[b][r], tot[b][r]);
+                    rest[b][r] += s * tail[b][r] - zs * j->xsum[r * ng + g];
+                }
             }
         }
-        const float b = j->bias ? j->bias[n] : 0.0f;
-        for (int r = 0; r < R; r++) j->y[r * j->N + n] = _mm512_reduce_add_ps(tot[r]) + rest[r] + b;
+        for (int b = 0; b < NB; b++) {
+            const float bias = j->bias ? j->bias[n + b] : 0.0f;
+            for (int r = 0; r < R; r++) j->y[r * j->N + n + b] = _mm512_reduce_add_ps(tot[b][r]) + rest[b][r] + bias;
+        }
+    }
+}
+
+/* rows n0..n1: whole tiles of NB rows, then single rows */
+static inline __attribute__((always_inline, target("avx512f"))) void range_512(const Job *j, int64_t n0, int64_t n1,
+                                                                              const int R) {
+    const int NB = j->bits == 8 ? NB8(R) : NB4(R);
+    const int64_t nt = n0 + (n1 - n0) / NB * NB;
+    if (j->bits == 8) {
+        int8_tile_512(j, n0, nt, R, NB);
+        int8_tile_512(j, nt, n1, R, 1);
+    } else {
+        int4_tile_512(j, n0, nt, R, NB);
+        int4_tile_512(j, nt, n1, R, 1);
     }
 }
 
 static __attribute__((target("avx512f"))) void run_range_512(const Job *j, int64_t n0, int64_t n1) {
-#define CASE(RR)                                                                                              \
-    case RR:                                                                                                  \
-        if (j->bits == 8)                                                                                     \
-            int8_range_512(j, n0, n1, RR);                                                                    \
-        else                                                                                                  \
-            int4_range_512(j, n0, n1, RR);                                                                    \
-        break;
+#define CASE(RR) \
+    case RR: range_512(j, n0, n1, RR); break;
+    switch (j->R) {
+        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+    }
+#undef CASE
+}
+
+/* AVX2 + FMA: 8 lanes; each 16-weight step of the loops above is two 8-lane halves into one accumulator */
+static inline __attribute__((always_inline, target("avx2,fma"))) float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline __attribute__((always_inline, target("avx2,fma"))) __m256 cvt8_i8(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+static inline __attribute__((always_inline, target("avx2,fma"))) void int8_tile_256(const Job *j, int64_t n0,
+                                                                                   int64_t n1, const int R,
+                                                                                   const int NB) {
+    const int64_t K = j->K;
+    const int8_t *Q = (const int8_t *)j->q;
+    for (int64_t n = n0; n < n1; n += NB) {
+        __m256 acc[4][MAX_ROWS];
+        float tail[4][MAX_ROWS];
+        for (int b = 0; b < NB; b++)
+            for (int r = 0; r < R; r++) acc[b][r] = _mm256_setzero_ps(), tail[b][r] = 0.0f;
+        int64_t k = 0;
+        for (; k + LANES <= K; k += LANES) {
+            for (int h = 0; h < LANES; h += 8) {
+                __m256 w[4];
+                for (int b = 0; b < NB; b++) w[b] = cvt8_i8(Q + (n + b) * K + k + h);
+                for (int r = 0; r < R; r++) {
+                    const __m256 xv = _mm256_loadu_ps(j->x + r * K + k + h);
+                    for (int b = 0; b < NB; b++) acc[b][r] = _mm256_fmadd_ps(xv, w[b], acc[b][r]);
+                }
+            }
+        }
+        for (; k < K; k++)
+            for (int b = 0; b < NB; b++)
+                for (int r = 0; r < R; r++) tail[b][r] += j->x[r * K + k] * (float)Q[(n + b) * K + k];
+        for (int b = 0; b < NB; b++) {
+            const float s = j->scale[n + b], bias = j->bias ? j->bias[n + b] : 0.0f;
+            for (int r = 0; r < R; r++) j->y[r * j->N + n + b] = s * (hsum256(acc[b][r]) + tail[b][r]) + bias;
+        }
+    }
+}
+
+static inline __attribute__((always_inline, target("avx2,fma"))) void int4_tile_256(const Job *j, int64_t n0,
+                                                                                   int64_t n1, const int R,
+                                                                                   const int NB) {
+    const int64_t K = j->K, G = j->G, H = j->G / 2, ng = j->K / j->G;
+    const uint8_t *P = (const uint8_t *)j->q;
+    const __m256i low = _mm256_set1_epi32(15);
+    for (int64_t n = n0; n < n1; n += NB) {
+        __m256 tot[4][MAX_ROWS];
+        float rest[4][MAX_ROWS];
+        for (int b = 0; b < NB; b++)
+            for (int r = 0; r < R; r++) tot[b][r] = _mm256_setzero_ps(), rest[b][r] = 0.0f;
+        for (int64_t g = 0; g < ng; g++) {
+            const int64_t k0 = g * G;
+            __m256 acc[4][MAX_ROWS];
+            float tail[4][MAX_ROWS];
+            for (int b = 0; b < NB; b++)
+                for (int r = 0; r < R; r++) acc[b][r] = _mm256_setzero_ps(), tail[b][r] = 0.0f;
+            int64_t i = 0;
+            for (; i + LANES <= H; i += LANES) {
+                for (int h = 0; h < LANES; h += 8) {
+                    __m256 lo[4], hi[4];
+                    for (int b = 0; b < NB; b++) {
+                        const uint8_t *pg = P + (n + b) * (K / 2) + g * H + i + h;
+                        const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)pg));
+                        lo[b] = _mm256_cvtepi32_ps(_mm256_and_si256(v, low));
+                        hi[b] = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
+                    }
+                    for (int r = 0; r < R; r++) {
+                        const float *xl = j->x + r * K + k0 + i + h;
+                        const __m256 xa = _mm256_loadu_ps(xl), xb = _mm256_loadu_ps(xl + H);
+                        for (int b = 0; b < NB; b++) {
+                            acc[b][r] = _mm256_fmadd_ps(xa, lo[b], acc[b][r]);
+                            acc[b][r] = _mm256_fmadd_ps(xb, hi[b], acc[b][r]);
+                        }
+                    }
+                }
+            }
+            for (; i < H; i++)
+                for (int b = 0; b < NB; b++) {
+                    const uint8_t byte = P[(n + b) * (K / 2) + g * H + i];
+                    for (int r = 0; r < R; r++) {
+                        const float *xl = j->x + r * K + k0 + i;
+                        tail[b][r] += xl[0] * (float)(byte & 15) + xl[H] * (float)(byte >> 4);
+                    }
+                }
+            for (int b = 0; b < NB; b++) {
+                const float s = j->scale[(n + b) * ng + g], zs = s * (float)j->zero[(n + b) * ng + g];
+                const __m256 sv = _mm256_set1_ps(s);
+                for (int r = 0; r < R; r++) {
+                    tot[b][r] = _mm256_fmadd_ps(sv, acc[b][r], tot[b][r]);
+                    rest[b][r] += s * tail[b][r] - zs * j->xsum[r * ng + g];
+                }
+            }
+        }
+        for (int b = 0; b < NB; b++) {
+            const float bias = j->bias ? j->bias[n + b] : 0.0f;
+            for (int r = 0; r < R; r++) j->y[r * j->N + n + b] = hsum256(tot[b][r]) + rest[b][r] + bias;
+        }
+    }
+}
+
+static inline __attribute__((always_inline, target("avx2,fma"))) void range_256(const Job *j, int64_t n0, int64_t n1,
+                                                                               const int R) {
+    const int NB = j->bits == 8 ? NB8(R) : NB4(R);
+    const int64_t nt = n0 + (n1 - n0) / NB * NB;
+    if (j->bits == 8) {
+        int8_tile_256(j, n0, nt, R, NB);
+        int8_tile_256(j, nt, n1, R, 1);
+    } else {
+        int4_tile_256(j, n0, nt, R, NB);
+        int4_tile_256(j, nt, n1, R, 1);
+    }
+}
+
+static __attribute__((target("avx2,fma"))) void run_range_256(const Job *j, int64_t n0, int64_t n1) {
+#define CASE(RR) \
+    case RR: range_256(j, n0, n1, RR); break;
     switch (j->R) {
         CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
     }
@@ -234,12 +401,19 @@ static void run_range_generic(const Job *j, int64_t n0, int64_t n1) {
 #undef CASE
 }
 
-static int use_avx512 = -1; /* decided once: does this CPU have AVX-512F (and the build the path)? */
+enum { ISA_GENERIC = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+static const char *isa_names[] = {"generic", "avx2", "avx512f"};
+static int isa_best = ISA_GENERIC; /* the best this CPU (and build) runs, decided at import */
+static int isa = ISA_GENERIC;      /* the loops in use: isa_best unless lowered (env, set_isa) */
 
 static void run_range(const Job *j, int64_t n0, int64_t n1) {
-#ifdef HAVE_AVX512_PATH
-    if (use_avx512) {
+#ifdef HAVE_X86_PATHS
+    if (isa == ISA_AVX512) {
         run_range_512(j, n0, n1);
+        return;
+    }
+    if (isa == ISA_AVX2) {
+        run_range_256(j, n0, n1);
         return;
     }
 #endif
@@ -326,10 +500,9 @@ static void run_job(const Job *j, int nthreads) {
 /* ------------------------------------------------------------------------------------------ Python */
 static PyObject *gemv(PyObject *self, PyObject *args) {
     int bits, nthreads;
-    unsigned long long x, q, scale, zero, xsum, bias, y;
+    unsigned long long x, q, scale, zero, bias, y;
     long long R, N, K, G;
-    if (!PyArg_ParseTuple(args, "iKKKKKKKLLLLi", &bits, &x, &q, &scale, &zero, &xsum, &bias, &y, &R, &N, &K, &G,
-                          &nthreads))
+    if (!PyArg_ParseTuple(args, "iKKKKKKLLLLi", &bits, &x, &q, &scale, &zero, &bias, &y, &R, &N, &K, &G, &nthreads))
         return NULL;
     if ((bits != 8 && bits != 4) || R < 1 || R > MAX_ROWS || N < 1 || K < 1 ||
         (bits == 4 && (G < 2 || G % 2 || K % G))) {
@@ -337,34 +510,81 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
                      N, K, G);
         return NULL;
     }
-    Job j = {bits, (const float *)x, (const void *)q, (const float *)scale, (const uint8_t *)zero,
-             (const float *)xsum, bias ? (const float *)bias : NULL, (float *)y, R, N, K, G};
+    float *xsum = NULL; /* int4: the sum of each group's activations (R, K / G), for the zero-point term */
+    if (bits == 4 && !(xsum = malloc(sizeof(float) * R * (K / G)))) return PyErr_NoMemory();
+    Job j = {bits, (const float *)x, (const void *)q, (const float *)scale, (const uint8_t *)zero, xsum,
+             bias ? (const float *)bias : NULL, (float *)y, R, N, K, G};
     Py_BEGIN_ALLOW_THREADS
+    if (xsum)
+        for (int64_t i = 0; i < R * (K / G); i++) {
+            const float *xg = j.x + i * G; /* group i % (K/G) of row i / (K/G): rows are contiguous */
+            float t = 0.0f;
+            for (int64_t k = 0; k < G; k++) t += xg[k];
+            xsum[i] = t;
+        }
     pthread_mutex_lock(&call_mu); /* one job at a time: callers from several Python threads queue here */
     run_job(&j, nthreads < 1 ? 1 : nthreads);
     pthread_mutex_unlock(&call_mu);
     Py_END_ALLOW_THREADS
+    free(xsum);
     Py_RETURN_NONE;
 }
 
-static PyObject *isa(PyObject *self, PyObject *args) { return PyUnicode_FromString(use_avx512 ? "avx512f" : "generic"); }
+static PyObject *get_isa(PyObject *self, PyObject *args) { return PyUnicode_FromString(isa_names[isa]); }
+
+static PyObject *isas(PyObject *self, PyObject *args) {
+    PyObject *out = PyTuple_New(isa_best + 1);
+    for (int i = 0; out && i <= isa_best; i++) PyTuple_SET_ITEM(out, i, PyUnicode_FromString(isa_names[i]));
+    return out;
+}
+
+static int isa_by_name(const char *name) {
+    for (int i = 0; i <= ISA_AVX512; i++)
+        if (!strcmp(name, isa_names[i])) return i;
+    return -1;
+}
+
+static PyObject *set_isa(PyObject *self, PyObject *args) {
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    const int want = isa_by_name(name);
+    if (want < 0 || want > isa_best) {
+        PyErr_Format(PyExc_ValueError, "quant gemv: instruction set %s is not available here (best: %s)", name,
+                     isa_names[isa_best]);
+        return NULL;
+    }
+    PyObject *before = PyUnicode_FromString(isa_names[isa]);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&call_mu); /* not while a job runs */
+    isa = want;
+    pthread_mutex_unlock(&call_mu);
+    Py_END_ALLOW_THREADS
+    return before;
+}
 
 static PyMethodDef methods[] = {
     {"gemv", gemv, METH_VARARGS,
-     "gemv(bits, x, q, scale, zero, xsum, bias, y, R, N, K, group, nthreads): y (R, N) = x (R, K) W^T (+ bias) "
+     "gemv(bits, x, q, scale, zero, bias, y, R, N, K, group, nthreads): y (R, N) = x (R, K) W^T (+ bias) "
      "with W int8 per channel (bits 8) or int4 group-wise (bits 4); fp32, addresses of contiguous buffers"},
-    {"isa", isa, METH_NOARGS, "isa(): the instruction set of the loops in use ('avx512f' or 'generic')"},
+    {"isa", get_isa, METH_NOARGS, "isa(): the instruction set of the loops in use ('avx512f', 'avx2' or 'generic')"},
+    {"isas", isas, METH_NOARGS, "isas(): the instruction sets this CPU runs, from 'generic' up"},
+    {"set_isa", set_isa, METH_VARARGS, "set_isa(name): use the loops for one of isas(); returns the previous name"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_quant_gemv", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__quant_gemv(void) {
-#ifdef HAVE_AVX512_PATH
+#ifdef HAVE_X86_PATHS
     __builtin_cpu_init();
-    use_avx512 = __builtin_cpu_supports("avx512f") && !getenv("SCRATCHLM_NO_AVX512");
-#else
-    use_avx512 = 0;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa_best = ISA_AVX2;
+    if (__builtin_cpu_supports("avx512f")) isa_best = ISA_AVX512;
 #endif
+    isa = isa_best;
+    /* SCRATCHLM_QUANT_ISA=generic|avx2|avx512f lowers the choice (tests, comparisons); SCRATCHLM_NO_AVX512=1
+     * (older name) means the portable loops */
+    const char *env = getenv("SCRATCHLM_QUANT_ISA");
+    if (env && isa_by_name(env) >= 0 && isa_by_name(env) < isa) isa = isa_by_name(env);
+    if (getenv("SCRATCHLM_NO_AVX512")) isa = ISA_GENERIC;
     pthread_atfork(NULL, NULL, after_fork_child);
     return PyModule_Create(&module);
 }

@@ -47,22 +47,8 @@ def cpu_unsupported(x: Tensor, qweight: Tensor) -> str:
     return ""
 
 
-def quant_linear_cpu(
-    x: Tensor,
-    bits: int,
-    qweight: Tensor,
-    scale: Tensor,
-    zero: Tensor | None,
-    group_size: int,
-    bias: Tensor | None = None,
-    threads: int | None = None,
-) -> Tensor:
-    """x (..., K) fp32 @ W^T (+ bias) -> (..., N), W given in quant.py's int8 (bits 8) or int4 (bits 4) form."""
-    why = cpu_unsupported(x, qweight)
-    if why:
-        raise ScratchLMError(f"quant_linear_cpu: {why}")
+def _check_weights(bits: int, qweight: Tensor, scale: Tensor, zero, group_size: int, bias, k: int) -> None:
     n = qweight.shape[0]
-    k = x.shape[-1]
     if bits == 8:
         ok = qweight.dtype == torch.int8 and qweight.shape == (n, k) and scale.shape == (n,)
     elif bits == 4:
@@ -84,20 +70,85 @@ def quant_linear_cpu(
             f"scale {tuple(scale.shape)}, bias {None if bias is None else tuple(bias.shape)} do not fit inputs "
             f"of width {k}"
         )
-    rows = x.numel() // k
-    x2 = x.reshape(rows, k).contiguous()  # (R, K); a copy only for non-contiguous inputs
-    q = qweight.contiguous()
-    s = scale.to(torch.float32).contiguous()
-    z = zero.contiguous() if bits == 4 else None
-    # sum of each group's activations, for the zero-point term: (R, K / g)
-    xsum = x2.view(rows, k // group_size, group_size).sum(-1).contiguous() if bits == 4 else None
-    b = bias.detach().to(torch.float32).contiguous() if bias is not None else None
-    y = torch.empty(rows, n, dtype=torch.float32)
-    if threads is None:
-        threads = torch.get_num_threads() if n * k >= MIN_THREAD_WEIGHTS else 1
-    _quant_gemv.gemv(
-        bits, x2.data_ptr(), q.data_ptr(), s.data_ptr(), z.data_ptr() if z is not None else 0,
-        xsum.data_ptr() if xsum is not None else 0, b.data_ptr() if b is not None else 0, y.data_ptr(),
-        rows, n, k, group_size if bits == 4 else 0, threads,
-    )  # fmt: skip
-    return y.view(*x.shape[:-1], n)
+
+
+class BoundGemv:
+    """The compiled kernel bound to one set of quantised weights, checked once: a call checks only `x`.
+
+    A decode step calls ~200 linears, so the per-call Python work matters as much as the kernel (the
+    checks and conversions of `quant_linear_cpu` cost ~15 us a call). The weights must already be in the
+    kernel's layout (contiguous, fp32 scale and bias, CPU); `bound_to` says whether a module's tensors are
+    still the ones bound (same objects, same storage), else the module binds again."""
+
+    __slots__ = ("bits", "n", "k", "group_size", "tensors", "ptrs")
+
+    def __init__(self, bits: int, qweight: Tensor, scale: Tensor, zero, group_size: int, bias=None):
+        if _quant_gemv is None:
+            raise ScratchLMError(f"quant_linear_cpu: {cpu_unsupported(torch.empty(1, 1), qweight)}")
+        k = qweight.shape[1] * (1 if bits == 8 else 2)
+        _check_weights(bits, qweight, scale, zero, group_size, bias, k)
+        tensors = (qweight, scale, zero, bias)
+        for t in tensors:
+            if t is not None and (t.device.type != "cpu" or not t.is_contiguous()):
+                raise ScratchLMError("quant_linear_cpu: the weights are not contiguous CPU tensors")
+        if scale.dtype != torch.float32 or (bias is not None and bias.dtype != torch.float32):
+            raise ScratchLMError("quant_linear_cpu: scale and bias must be float32")
+        self.bits, self.n, self.k, self.group_size = bits, qweight.shape[0], k, group_size if bits == 4 else 0
+        self.tensors = tensors
+        self.ptrs = tuple(t.data_ptr() if t is not None else 0 for t in tensors)
+
+    def bound_to(self, qweight: Tensor, scale: Tensor, zero, bias) -> bool:
+        q, s, z, b = self.tensors
+        if q is not qweight or s is not scale or z is not zero or b is not bias:
+            return False
+        # `param.data = ...` (e.g. module.half()) keeps the object but swaps the storage
+        return (
+            q.data_ptr() == self.ptrs[0]
+            and s.data_ptr() == self.ptrs[1]
+            and (z is None or z.data_ptr() == self.ptrs[2])
+            and (b is None or b.data_ptr() == self.ptrs[3])
+        )
+
+    def __call__(self, x: Tensor, threads: int | None = None) -> Tensor | None:
+        """x (..., K) @ W^T (+ bias) -> (..., N), or None where the kernel does not take `x`."""
+        k = self.k
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[-1] != k:
+            return None
+        rows = x.numel() // k
+        if not 1 <= rows <= MAX_ROWS or (x.requires_grad and torch.is_grad_enabled()):
+            return None
+        if not x.is_contiguous():
+            x = x.contiguous()  # the kernel reads rows of K consecutive floats
+        n = self.n
+        y = torch.empty((*x.shape[:-1], n), dtype=torch.float32)  # (..., N)
+        if threads is None:
+            threads = torch.get_num_threads() if n * k >= MIN_THREAD_WEIGHTS else 1
+        q, s, z, b = self.ptrs
+        _quant_gemv.gemv(self.bits, x.data_ptr(), q, s, z, b, y.data_ptr(), rows, n, k, self.group_size, threads)
+        return y
+
+
+def quant_linear_cpu(
+    x: Tensor,
+    bits: int,
+    qweight: Tensor,
+    scale: Tensor,
+    zero: Tensor | None,
+    group_size: int,
+    bias: Tensor | None = None,
+    threads: int | None = None,
+) -> Tensor:
+    """x (..., K) fp32 @ W^T (+ bias) -> (..., N), W given in quant.py's int8 (bits 8) or int4 (bits 4) form."""
+    why = cpu_unsupported(x, qweight)
+    if why:
+        raise ScratchLMError(f"quant_linear_cpu: {why}")
+    _check_weights(bits, qweight, scale, zero, group_size, bias, x.shape[-1])
+    gemv = BoundGemv(
+        bits,
+        qweight.contiguous(),
+        scale.to(torch.float32).contiguous(),
+        zero.contiguous() if bits == 4 else None,
+        group_size,
+        bias.detach().to(torch.float32).contiguous() if bias is not None else None,
+    )
+    return gemv(x, threads)
