@@ -139,46 +139,80 @@ def gptq_layers(linears: list[nn.Linear], h: Tensor, cfg: QuantConfig) -> list[n
     return out
 
 
+def block_inputs(model: nn.Module, first: nn.Module, calib: Tensor, batch: int) -> list[tuple[tuple, dict]]:
+    """The (args, kwargs) of `first` (block 0) for each calibration batch: the forward stops there."""
+    caught = []
+
+    def catch(mod, args, kwargs):
+        caught.append((args, kwargs))
+        raise _Stop
+
+    handle = first.register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for rows in calib.split(batch):
+            try:
+                model(rows)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return caught
+
+
+def quantize_group(model: nn.Module, linears: dict[str, nn.Linear], hs, counts, cfg: QuantConfig) -> None:
+    for names in shared_inputs(hs):
+        h = hs[names[0]] * (2.0 / max(counts[names[0]], 1))
+        for name, module in zip(names, gptq_layers([linears[n] for n in names], h, cfg), strict=True):
+            set_module(model, name, module)
+
+
 @torch.no_grad()
-def gptq_quantize(model: nn.Module, cfg: QuantConfig, calib: Tensor | None, targets: dict[str, nn.Linear]) -> None:
-    """Quantise `targets` of `model` in place with GPTQ, block by block, on calibration ids (S, T)."""
+def gptq_quantize(
+    model: nn.Module, cfg: QuantConfig, calib: Tensor | None, targets: dict[str, nn.Linear], batch: int = 8
+) -> None:
+    """Quantise `targets` of `model` in place with GPTQ, block by block, on calibration ids (S, T).
+
+    The inputs of block 0 are caught once; each block then runs on its cached inputs (collecting its
+    linears' Hessians), is quantised, and runs again to give the next block its inputs, now through the
+    quantised block: one pass over the calibration data per block, not a forward from the embedding. This
+    relies on what `TransformerLM.hidden` does: block l + 1 reads block l's output as its first argument
+    and the same other arguments (the step context). Targets outside the blocks (the head) are quantised
+    last, from a full forward."""
     if calib is None or not torch.is_tensor(calib) or calib.dim() != 2 or calib.numel() == 0:
         raise InvalidArgument("GPTQ needs calibration token ids: a non-empty (sequences, tokens) tensor")
     device = next(model.parameters()).device
     calib = calib.to(device)
     was_training = model.training
     model.eval()
-    blocks = getattr(model, "blocks", None)
-    groups: list[tuple[nn.Module | None, dict[str, nn.Linear]]] = []
-    if blocks is not None:
-        for key, block in blocks.items():
-            mine = {n: m for n, m in targets.items() if n.startswith(f"blocks.{key}.")}
-            if mine:
-                groups.append((block, mine))
-    rest = {n: m for n, m in targets.items() if not any(n in g for _, g in groups)}
-    if rest:
-        groups.append((None, rest))  # the head: after every block is quantised, a full forward
+    found = getattr(model, "blocks", None)
+    named = list(found.items()) if isinstance(found, nn.ModuleDict) else list(enumerate(found or []))
+    blocks = [b for _, b in named]
+    per_block = [{n: m for n, m in targets.items() if n.startswith(f"blocks.{key}.")} for key, _ in named]
+    rest = {n: m for n, m in targets.items() if not any(n in g for g in per_block)}
     try:
-        for block, linears in groups:
-            hs, counts, handles = hessian_hooks(linears)
-            if block is not None:
-
-                def stop(*_):
-                    raise _Stop
-
-                handles.append(block.register_forward_hook(stop))
-            try:
-                for row in calib:
+        if any(per_block):
+            inputs = block_inputs(model, blocks[0], calib, batch)
+            last = max(i for i, g in enumerate(per_block) if g)
+            for i, (block, linears) in enumerate(zip(blocks[: last + 1], per_block, strict=False)):
+                if linears:
+                    hs, counts, handles = hessian_hooks(linears)
                     try:
-                        model(row[None])
-                    except _Stop:
-                        pass
+                        for args, kwargs in inputs:
+                            block(*args, **kwargs)
+                    finally:
+                        for hd in handles:
+                            hd.remove()
+                    quantize_group(model, linears, hs, counts, cfg)
+                if i < last:  # the next block's inputs, through this (quantised) block
+                    inputs = [((block(*args, **kwargs), *args[1:]), kwargs) for args, kwargs in inputs]
+        if rest:  # the head: after every block is quantised, a full forward
+            hs, counts, handles = hessian_hooks(rest)
+            try:
+                for rows in calib.split(batch):
+                    model(rows)
             finally:
                 for hd in handles:
                     hd.remove()
-            for names in shared_inputs(hs):
-                h = hs[names[0]] * (2.0 / max(counts[names[0]], 1))
-                for name, module in zip(names, gptq_layers([linears[n] for n in names], h, cfg), strict=True):
-                    set_module(model, name, module)
+            quantize_group(model, rest, hs, counts, cfg)
     finally:
         model.train(was_training)
