@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -36,6 +37,7 @@ import torch
 from benchmarks.prune_points import MODEL, REPO, TEXT, calibration, prefix
 
 ROWS = ("fp32", "bf16", "int8", "int4-g32", "int4-g64", "gptq-g64", "q8_0")
+QUANT_ROWS = ("int8", "int4-g32", "int4-g64", "gptq-g64")  # "<row>+head": the output head quantised too
 
 
 def gguf_roundtrip(model, qtype: str):
@@ -59,17 +61,21 @@ def build(row: str, owt: str, args):
     from scratchlm.model.model_dir import load_model
 
     model, chat = load_model(MODEL, progress=False)
+    row, _, head = row.partition("+")  # +head: a quantised copy of the tied embedding as the output head
+    head = head == "head"
     if row == "bf16":
         return model.to(torch.bfloat16), chat
     if row == "q8_0":
         return gguf_roundtrip(model, "Q8_0"), chat
     if row == "int8":
-        return quantize_model(model, QuantConfig(bits=8)), chat
+        return quantize_model(model, QuantConfig(bits=8, quantize_head=head)), chat
     if row.startswith("int4-g"):
-        return quantize_model(model, QuantConfig(bits=4, group_size=int(row[6:]))), chat
+        return quantize_model(model, QuantConfig(bits=4, group_size=int(row[6:]), quantize_head=head)), chat
     if row.startswith("gptq-g"):
         calib = calibration(chat, owt, args.calib_seqs, args.calib_len)
-        return quantize_model(model, QuantConfig(bits=4, group_size=int(row[6:]), method="gptq"), calib=calib), chat
+        return quantize_model(
+            model, QuantConfig(bits=4, group_size=int(row[6:]), method="gptq", quantize_head=head), calib=calib
+        ), chat
     return model, chat
 
 
@@ -144,7 +150,11 @@ def decode_tps(model, chat, n_tokens: int, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
+    p.add_argument(
+        "--rows",
+        default=",".join(ROWS),
+        help=f"comma-separated, from {', '.join(ROWS)}; {', '.join(QUANT_ROWS)} also as <row>+head (head quantised)",
+    )
     p.add_argument("--max-bytes", type=int, default=100_000, help="bytes of owt_mini to score")
     p.add_argument("--tinystories-bytes", type=int, default=50_000, help="bytes of tinystories_val; 0 = skip")
     p.add_argument("--context", type=int, default=512)
@@ -156,9 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "compress.md")
     args = p.parse_args(argv)
     rows = args.rows.split(",")
-    unknown = set(rows) - set(ROWS)
+    unknown = set(rows) - set(ROWS) - {f"{r}+head" for r in QUANT_ROWS}
     if unknown:
-        p.error(f"unknown rows {sorted(unknown)}: expected {', '.join(ROWS)}")
+        p.error(f"unknown rows {sorted(unknown)}: expected {', '.join(ROWS)} (quantised ones with +head)")
 
     from scratchlm.compress.quant import model_bytes
     from scratchlm.eval.bpb import bits_per_byte
@@ -170,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     from scratchlm.kernels import use_backend
 
     table, base, facts, records = [], {}, {}, []
+    load0 = os.getloadavg()[0]
     for row in rows:
         t0 = time.perf_counter()
         model, chat = build(row, owt, args)
@@ -212,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
         "bits per byte (change against the first row) on "
         + "; ".join(f"the first {r['bytes']} bytes of {n} ({r['tokens']} tokens)" for n, r in facts.items())
         + f"; context = stride = {args.context}. MiB = tensor bytes (the tied fp32 embedding/head, 108 MiB, is "
-        "in every row). decode = batch-1 greedy tokens/s through the engine, median of "
+        "in every row; +head rows also hold a quantised copy of it as the output head, the fp32 table kept for "
+        "lookups). decode = batch-1 greedy tokens/s through the engine, median of "
         f"{args.repeats} x {args.decode_tokens} tokens. GPTQ: {args.calib_seqs} x {args.calib_len} calibration "
         "tokens from the end of owt_mini. The fp32 weights are SmolLM2's shipped Q4_1 file dequantised.",
         "",
@@ -226,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         *llama_lines,
         "",
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads.",
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average (1 min) {load0:.2f} at the "
+        f"start, {os.getloadavg()[0]:.2f} at the end (2 cores shared with other jobs).",
         f"Rerun: `PYTHONPATH=. python -m benchmarks.bench_compress {' '.join(sys.argv[1:] if argv is None else argv)}`",
         "",
     ]
