@@ -248,7 +248,7 @@ class Engine:
             return deltas
         states = [self._by_seq[plan.batch[i][0].seq_id] for i in rows]
         picked = sample(
-            logits[[starts[i] for i in rows]],
+            logits if len(rows) == len(logits) else logits[[starts[i] for i in rows]],  # (len(rows), V)
             [s.req.params for s in states],
             [s.generator for s in states],
             [s.history for s in states],

@@ -118,15 +118,13 @@ class PagedStep:
     def __init__(self, pool: KVPool, slot_mapping: Tensor, block_tables: Tensor, context_lens: Tensor, states=None):
         self.pool, self.states = pool, states
         self.slot_mapping, self.block_tables, self.context_lens = slot_mapping, block_tables, context_lens
-        S = int(context_lens.max())
-        s = torch.arange(S, device=context_lens.device)
-        blocks = block_tables[:, s // pool.block_size].clamp_min(0)  # (B, S)
-        self.gather_slots = blocks * pool.block_size + s % pool.block_size  # (B, S)
-        self.k_pos = torch.where(s < context_lens[:, None], s, -1)  # (B, S): -1 = no key
+        # so that length + T = the longest row (learned positions' check; the gather's width)
+        self.length = int(context_lens.max()) - slot_mapping.shape[1]
         flat = slot_mapping.reshape(-1)
         self.keep = flat >= 0  # (B*T,) the real tokens
-        self.write_slots = flat[self.keep]
         self.decode = slot_mapping.shape[1] == 1 and bool(self.keep.all())  # one new token per row, no padding
+        self.write_slots = flat if self.decode else flat[self.keep]
+        self._gather = None  # (gather_slots, k_pos): built by the first layer that gathers (not at decode steps)
         if states is None and "state" in pool.kinds:
             raise ScratchLMError("this model has recurrent layers: a step needs their states (state_slots.StateStep)")
         view = {"kv": _PagedKV, "latent": _PagedLatent}
@@ -134,7 +132,24 @@ class PagedStep:
             states.layers[i] if kind == "state" else view[kind](self, *pool.layers[i])
             for i, kind in enumerate(pool.kinds)
         ]
-        self.length = S - slot_mapping.shape[1]  # so that length + T = the longest row (learned positions' check)
+
+    def _gather_plan(self) -> tuple[Tensor, Tensor]:
+        if self._gather is None:
+            bs, lens = self.pool.block_size, self.context_lens
+            s = torch.arange(self.length + self.slot_mapping.shape[1], device=lens.device)  # (S,)
+            blocks = self.block_tables[:, s // bs].clamp_min(0)  # (B, S)
+            self._gather = blocks * bs + s % bs, torch.where(s < lens[:, None], s, -1)  # -1 = no key
+        return self._gather
+
+    @property
+    def gather_slots(self) -> Tensor:
+        """(B, S) the pool slot of each row's every position (some block's where past the row's length)."""
+        return self._gather_plan()[0]
+
+    @property
+    def k_pos(self) -> Tensor:
+        """(B, S) the position of each gathered key, -1 past the row's length."""
+        return self._gather_plan()[1]
 
     def advance(self, positions: Tensor) -> None:
         """The model calls this after a forward: the rows' new recurrent states go back to their slots (the

@@ -302,6 +302,8 @@ def sample_row(
     logits: Tensor, params: SamplingParams, generator: torch.Generator | None, history: TokenHistory | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """One request: (V,) raw logits -> (token, raw logprob, processed logprob, top ids, top logprobs)."""
+    if params.greedy and params.logprobs is None and not params.needs_history:
+        return _greedy_row(logits)
     # A fresh fp32 copy: the row's bits and memory layout are the same whatever batch it came from.
     row = logits.to(torch.float32, copy=True)  # (V,)
     raw_logp = torch.log_softmax(row, dim=-1)  # (V,)
@@ -318,6 +320,19 @@ def sample_row(
     if params.logprobs is not None:
         top_logp, top_ids = raw_logp.topk(min(params.logprobs, row.shape[-1]))
     return token, raw_logp[token], processed, top_ids, top_logp
+
+
+def _greedy_row(logits: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
+    """The common serving row (greedy, no penalty, no top-n): argmax, and its raw logprob without writing a
+    (V,) log_softmax. At the argmax m = max, log_softmax's (l_m - max) - log sum exp(l - max) is
+    -log sum exp(l - l_m): 4 passes over V instead of 6 and fewer kernels (~30% of a greedy row on CPU).
+    `row - l_m` is exact (one rounding, whatever the kernel path) into a fresh tensor, so exp and sum see the
+    same memory layout whatever batch the row came from: batch invariant, as the general path."""
+    row = logits if logits.dtype == torch.float32 else logits.float()  # (V,)
+    token = row.argmax()  # first maximum: ties go to the lowest id (exact comparisons: batch invariant)
+    shifted = row - row[token]  # (V,) <= 0, fresh and contiguous
+    logp = -torch.exp_(shifted).sum().log()
+    return token, logp, torch.zeros((), dtype=torch.float32, device=row.device), None, None
 
 
 def sample(

@@ -52,6 +52,20 @@ def test_greedy_is_argmax_of_the_raw_logits_ties_to_the_lowest_id():
     assert out.processed_logprobs.tolist() == [0.0] * 5  # a point mass
 
 
+def test_plain_greedy_rows_match_the_log_softmax_path():
+    """Greedy rows without penalties or top-n skip the (V,) log_softmax: same token, same logprob to ~1 ulp."""
+    logits = rand_logits(6, 1031, seed=5)
+    logits[3, [10, 900]] = 50.0  # a tie: the lowest id
+    fast = sample(logits, [SamplingParams(temperature=0)] * 6)
+    full = sample(logits, [SamplingParams(temperature=0, logprobs=0)] * 6)  # logprobs=0: the general path
+    assert fast.tokens.tolist() == full.tokens.tolist() == logits.argmax(-1).tolist() and fast.tokens[3] == 10
+    ref = torch.log_softmax(logits.double(), -1).gather(1, fast.tokens[:, None])[:, 0]
+    assert (fast.logprobs.double() - ref).abs().max() < 1e-6 and (full.logprobs.double() - ref).abs().max() < 1e-6
+    assert fast.logprobs.dtype == torch.float32 and fast.processed_logprobs.tolist() == [0.0] * 6
+    half = sample(logits.bfloat16(), [SamplingParams(temperature=0)] * 6)  # a bf16 model's logits
+    assert half.tokens.tolist() == logits.bfloat16().argmax(-1).tolist()
+
+
 def test_logprobs_are_the_raw_log_softmax_and_top_n():
     logits = rand_logits(6, 101, seed=1)
     ps = [SamplingParams(temperature=0.7, top_k=5, repetition_penalty=1.3, seed=i, logprobs=i % 4) for i in range(6)]
