@@ -94,3 +94,22 @@ def test_cached_block_inputs_equal_full_forwards():
     x = torch.randint(0, 64, (2, 24))
     with torch.no_grad():  # batched: the same up to float summation order
         assert torch.allclose(batched(x), ref(x), atol=1e-4, rtol=1e-4)
+
+
+def test_hessian_hooks_equal_x_transpose_x_of_each_input():
+    model = tiny()
+    names = ["blocks.0.attn.f.q_proj", "blocks.0.attn.f.k_proj", "blocks.0.ffn.f.down", "blocks.1.ffn.f.gate"]
+    linears = {n: model.get_submodule(n) for n in names}
+    seen = {n: [] for n in names}
+    grab = [m.register_forward_pre_hook(lambda mod, a, n=n: seen[n].append(a[0].reshape(-1, a[0].shape[-1])))
+            for n, m in linears.items()]  # fmt: skip
+    hs, counts, handles = hessian_hooks(linears)
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randint(0, 64, (3, 10)))
+    for hd in handles + grab:
+        hd.remove()
+    for n in names:
+        x = torch.cat(seen[n]).double()
+        assert counts[n] == 60 and torch.allclose(hs[n], x.T @ x, rtol=1e-5, atol=1e-5)
+    assert torch.equal(hs[names[0]], hs[names[1]]) and not torch.equal(hs[names[0]], hs[names[3]])
