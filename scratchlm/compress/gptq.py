@@ -103,7 +103,7 @@ def gptq_weight(w: Tensor, h: Tensor, cfg: QuantConfig) -> tuple[Tensor, Tensor,
                 deq = (qi - z) * s
             q[:, i] = qi
             e = (col - deq) / u[i, i]  # the error, pushed onto the later columns of the block ...
-            w[:, i + 1 : b1] -= e[:, None] * u[i, i + 1 : b1][None, :]
+            w[:, i + 1 : b1].addr_(e, u[i, i + 1 : b1], alpha=-1.0)
             err[:, i - b0] = e
         w[:, b1:] -= err @ u[b0:b1, b1:]  # ... and onto the columns after it, once per block
     q = q[:, torch.argsort(perm)]
