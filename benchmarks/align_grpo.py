@@ -328,6 +328,11 @@ def write_results(report: dict) -> None:
     _plot(png, report)
     md = RESULTS / "align_grpo.md"
     trl = md.read_text().partition("## Side by side with TRL")[1:] if md.is_file() else ("", "")
+    trl_json, base_files = WORK / "trl_report.json", [f for f in (WORK / "base").rglob("*") if f.is_file()]
+    if trl[0] and (not trl_json.is_file() or trl_json.stat().st_mtime < max(f.stat().st_mtime for f in base_files)):
+        lines += ["The TRL section below predates this run's base model (it was measured on an earlier version of "
+                  "this benchmark); `nice .venv/bin/python -m benchmarks.align_grpo_trl --steps 5` re-measures it "
+                  "on this one.", ""]  # fmt: skip
     write_text_atomic(md, "\n".join(lines) + ("\n" + "".join(trl) if trl[0] else ""))  # keep align_grpo_trl's
 
 
