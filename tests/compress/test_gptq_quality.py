@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from scratchlm.compress.gptq import gptq_layers, gptq_quantize, gptq_weight, hessian_hooks, shared_inputs
-from scratchlm.compress.quant import QuantConfig, int4_params, round_int4, set_module, target_linears
+from scratchlm.compress.quant import Int4Linear, QuantConfig, int4_params, round_int4, set_module, target_linears
 from scratchlm.model import ModelConfig, TransformerLM
 
 
@@ -58,7 +58,7 @@ def test_gptq_weight_equals_textbook_gptq(act_order, block):
 
 def tiny(seed: int = 0) -> TransformerLM:
     torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=64, context_length=64, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=128)
+    cfg = ModelConfig(vocab_size=64, context_length=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128)
     return TransformerLM(cfg).eval()
 
 
@@ -113,3 +113,20 @@ def test_hessian_hooks_equal_x_transpose_x_of_each_input():
         x = torch.cat(seen[n]).double()
         assert counts[n] == 60 and torch.allclose(hs[n], x.T @ x, rtol=1e-5, atol=1e-5)
     assert torch.equal(hs[names[0]], hs[names[1]]) and not torch.equal(hs[names[0]], hs[names[3]])
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_beats_round_to_nearest_on_held_out_inputs(act_order):
+    # what matters is the error on inputs GPTQ did not calibrate on: same distribution, fresh draws
+    torch.manual_seed(4)
+    k, g = 128, 32
+    mix = torch.randn(k, k) / 6 + torch.eye(k)
+    scales = torch.rand(k) * 3 + 0.1  # uneven input channels, as real activations
+    draw = lambda rows: (torch.randn(rows, k) * scales) @ mix  # noqa: E731
+    x_cal, x_test = draw(8 * k), draw(4096)
+    w = torch.randn(48, k)
+    h = 2 * x_cal.T.double() @ x_cal.double() / x_cal.shape[0]
+    q, s, z = gptq_weight(w, h, QuantConfig(bits=4, group_size=g, method="gptq", act_order=act_order))
+    gptq, rtn = Int4Linear.from_levels(q, s, z, g), Int4Linear.from_weight(w, g)
+    err = lambda m: (x_test @ (m.dequantize() - w).T).pow(2).mean().item()  # noqa: E731
+    assert err(gptq) < 0.6 * err(rtn)  # measured 0.41 (0.39 with act_order); 1 x k rows: 0.59
