@@ -273,9 +273,26 @@ def main() -> None:
     for key, part in (("batch1", "batch1"), ("trace", "trace"), ("shared_prefix", "shared"), ("speculative", "spec")):
         if part in skip and old.get(key):
             report[key] = old[key]
-            report.setdefault("carried_over", {})[key] = old.get("machine", "")
-    if "llama" in skip and report.get("carried_over") and old.get("llama_cpp"):
-        report["llama_cpp"] = old["llama_cpp"] + " (in the carried-over rows)"
+            # a part carried over again keeps the machine line of the run that measured it
+            report.setdefault("carried_over", {})[key] = old.get("carried_over", {}).get(key) or old.get("machine", "")
+    # llama.cpp skipped in a part that ran: its rows of the last results stay, with that run's machine line
+    llama_rows = False
+    if "llama" in skip and "batch1" not in skip:
+        kept = [r for r in old.get("batch1", []) if r["engine"].startswith("llama.cpp")]
+        report["batch1"] += kept
+        llama_rows |= bool(kept)
+    if "llama" in skip and "trace" not in skip:
+        kept = {k: v for k, v in old.get("trace", {}).items() if k.startswith("llama.cpp")}
+        report["trace"] |= kept
+        llama_rows |= bool(kept)
+    if llama_rows:
+        was = old.get("carried_over", {})  # where the rows were measured: a carry of a carry keeps its origin
+        origin = was.get("llama.cpp rows") or was.get("trace") or old.get("machine", "")
+        report.setdefault("carried_over", {})["llama.cpp rows"] = origin
+    if "llama" in skip and (report.get("carried_over") or llama_rows) and old.get("llama_cpp"):
+        report["llama_cpp"] = (
+            old["llama_cpp"].removesuffix(" (in the carried-over rows)") + " (in the carried-over rows)"
+        )
     report["total_s"] = time.time() - t0
     write(report, args)
 
