@@ -33,7 +33,9 @@ the fp32-ctx256 row is the teacher at that context for comparison.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import math
 import os
 import resource
 import statistics
@@ -64,18 +66,17 @@ ROWS = {
     "sparse-2of4": "2:4 semi-structured",
     "structured": "structured, no recovery",
     "structured-recovered": "structured + recovery (30 steps distill)",
+    "fp32-ctx256": "fp32 at context 256 (the students' context)",
     "distilled": "7.1M student, distilled",
     "scratch": "7.1M student, from scratch",
-    "fp32-ctx256": "fp32 at context 256 (students' context)",
 }
 GGUF_ROWS = {"q8_0": "Q8_0", "q4_1": "Q4_1"}
 STUDENTS = {"distilled", "scratch"}
 BPB_ONLY = {"fp32-ctx256"}  # a reference point for the students' context: no MMLU, no decode
-LLAMA_CPP_ANCHORS = (  # llama.cpp tools/quantize/README.md, Llama-2-70B: perplexity change against F16
-    ("Q6_K", "+0.16%"),
-    ("Q4_K_M", "+1.2%"),
-    ("Q4_0", "+3.6%"),
-)
+LLAMA_CPP_ANCHORS = {  # llama.cpp tools/perplexity/README.md: perplexity change against fp16 (wikitext-2)
+    "Llama-2-70B (its old scorechart)": {"Q6_K": 0.16, "Q4_K_M": 1.20, "Q4_1": 2.37, "Q4_0": 3.61},
+    "Llama-2-7B (its sample results, PPL ratio - 1)": {"Q8_0": 0.07, "Q6_K": 0.24, "Q4_K_M": 1.42},
+}
 
 
 def is_row(row: str) -> bool:
@@ -246,7 +247,8 @@ def worker(row: str, args) -> None:
     model, chat, stored = build(row, args)
     rec = {"row": row, "label": ROWS.get(row, row), "build_s": time.perf_counter() - t0}
     rec["bytes"] = stored if stored is not None else model_bytes(model)
-    rec["params"] = model.num_params
+    quantised = [m for m in model.modules() if hasattr(m, "qweight")]  # their weights are buffers, not parameters
+    rec["params"] = model.num_params + sum(m.in_features * m.out_features for m in quantised)
     parts = parts_of(row, args)
     if "bpb" in parts:
         rec |= {"bpb": bpb(row, model, chat, args), "bpb_settings": settings(args, "bpb")}
@@ -257,14 +259,21 @@ def worker(row: str, args) -> None:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     rec["peak_rss_mib"] = {"+".join(parts): rss}
     path = WORK / f"{row}.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    rec["peak_rss_mib"] = old.get("peak_rss_mib", {}) | rec["peak_rss_mib"]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(old | rec, indent=1))
-    tmp.replace(path)
+    with open(WORK / f"{row}.lock", "w") as lock:  # two runs (say bpb and MMLU) may finish the same row at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        rec["peak_rss_mib"] = old.get("peak_rss_mib", {}) | rec["peak_rss_mib"]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(old | rec, indent=1))
+        tmp.replace(path)
 
 
 # -------------------------------------------------------------------------------------------- table
+def nats(b: dict) -> float:
+    """Mean nats per token of a bits-per-byte record."""
+    return b["bits_per_byte"] * b["bytes"] * math.log(2) / b["tokens"]
+
+
 def fmt_delta(x: float, base: float | None) -> str:
     return f"{x:.4f}" + ("" if base is None else f" ({100 * (x / base - 1):+.1f}%)")
 
@@ -287,10 +296,12 @@ def table(args) -> None:
     for row in order:
         rec = recs[row]
         ref = base256 if row in STUDENTS else base if row not in BPB_ONLY else {}
-        cells = [rec["label"], f"{rec['params'] / 1e6:.1f}M", f"{rec['bytes'] / 2**20:.0f}"]
+        cells = [ROWS.get(row, rec["label"]), f"{rec['params'] / 1e6:.1f}M", f"{rec['bytes'] / 2**20:.0f}"]
         for n in names:
             b = rec.get("bpb", {}).get(n)
             cells.append("-" if b is None else fmt_delta(b["bits_per_byte"], ref.get(n, {}).get("bits_per_byte")))
+        b, r = rec.get("bpb", {}).get(names[0]), ref.get(names[0])
+        cells.append("-" if b is None or r is None else f"{100 * (math.exp(nats(b) - nats(r)) - 1):+.1f}%")
         m = rec.get("mmlu")
         cells.append("-" if m is None else f"{100 * m['acc_norm']:.1f} ± {100 * m['acc_norm_stderr']:.1f}")
         rss = max(rec.get("peak_rss_mib", {}).values(), default=None)
@@ -321,15 +332,16 @@ def table(args) -> None:
         f"batch-1 greedy tokens/s through the engine, median of {args.repeats} x {args.decode_tokens} tokens, with "
         f"the 1-minute load average; only measured below load {args.max_load} (2 cores shared with other jobs).",
         "",
-        "| model | params | MiB | owt_mini held-out bits/byte | tinystories_val bits/byte | MMLU cloze acc_norm % "
-        "| peak RSS MiB | decode tok/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | params | MiB | owt_mini held-out bits/byte | tinystories_val bits/byte | owt ppl vs fp32 "
+        "| MMLU cloze acc_norm % | peak RSS MiB | decode tok/s |",
+        "|---|---|---|---|---|---|---|---|---|",
         *lines,
         "",
-        "Anchors (llama.cpp's tools/quantize/README.md, Llama-2-70B, perplexity change against F16): "
-        + ", ".join(f"{q} {d}" for q, d in LLAMA_CPP_ANCHORS)
-        + ". bits/byte is log-perplexity per byte, so a +x% change in bits/byte is a much larger change in "
-        "perplexity; and a 70B model quantises far more gracefully than a 135M one.",
+        "Anchors, llama.cpp's published perplexity changes against fp16 (tools/perplexity/README.md, wikitext-2): "
+        + "; ".join(f"{m}: " + ", ".join(f"{q} +{d:.2f}%" for q, d in v.items()) for m, v in LLAMA_CPP_ANCHORS.items())
+        + ". Compare them with the ppl column (token perplexity on the owt_mini text against fp32, all rows share "
+        "SmolLM2's tokenizer), not with bits/byte: bits/byte is log-perplexity per byte, so +1% bits/byte is "
+        "about +3% perplexity here. Big models quantise more gracefully than a 135M one.",
         "",
     ]
     if stale:
@@ -351,7 +363,7 @@ def table(args) -> None:
     tmp = out_json.with_suffix(".json.tmp")
     report = {"model": MODEL, "settings": {p: settings(args, p) for p in ("bpb", "mmlu")},
               "rows": [recs[r] for r in order], "left_out": stale,
-              "anchors_llama_cpp_llama2_70b": dict(LLAMA_CPP_ANCHORS), "torch": torch.__version__}  # fmt: skip
+              "anchors_llama_cpp_ppl_change_percent": LLAMA_CPP_ANCHORS, "torch": torch.__version__}  # fmt: skip
     tmp.write_text(json.dumps(report, indent=1))
     tmp.replace(out_json)
     print(f"wrote {OUT} and {out_json}", flush=True)
