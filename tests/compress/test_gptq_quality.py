@@ -139,3 +139,45 @@ def test_gptq_beats_round_to_nearest_on_held_out_inputs(act_order):
     gptq, rtn = Int4Linear.from_levels(q, s, z, g), Int4Linear.from_weight(w, g)
     err = lambda m: (x_test @ (m.dequantize() - w).T).pow(2).mean().item()  # noqa: E731
     assert err(gptq) < 0.6 * err(rtn)  # measured 0.41 (0.39 with act_order); 1 x k rows: 0.59
+
+
+@pytest.mark.slow
+def test_gptq_beats_round_to_nearest_on_smollm2_layers_on_held_out_text():
+    # the per-layer check on real weights and activations: block 1's attention input (q/k/v stacked) and
+    # MLP input (gate/up), calibrated on owt_mini windows from byte 1M, scored on the first 2048 tokens
+    import os
+    from pathlib import Path
+
+    from scratchlm.compress.gptq import block_inputs, gptq_layers
+    from scratchlm.model import pretrained
+    from scratchlm.model.model_dir import is_model_dir, load_model_dir
+
+    name = "smollm2-135m-instruct"
+    text = Path(os.environ.get("SCRATCHLM_SHARED_DATA", Path(__file__).parents[3] / "shared" / "data"))
+    text = text / "text" / "owt_mini.txt"
+    if not is_model_dir(pretrained.model_path(name)) or not text.is_file():
+        pytest.skip(f"needs {name} pulled and {text}")
+    model, chat = load_model_dir(pretrained.model_path(name))
+    owt = text.read_text()
+    cal = torch.tensor(chat.tokenizer.encode(owt[1_000_000:1_100_000])[: 32 * 256]).view(32, 256)
+    test = torch.tensor(chat.tokenizer.encode(owt[:20_000])[:2048]).view(4, 512)
+    names = ["blocks.1.attn.f.q_proj", "blocks.1.attn.f.k_proj", "blocks.1.attn.f.v_proj", "blocks.1.ffn.f.gate"]
+    linears = {n: model.get_submodule(n) for n in names}
+    xs, tag = {}, ["cal"]
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: xs.setdefault((tag[0], n), []).append(a[0]))
+             for n, m in linears.items()]  # fmt: skip
+    with torch.no_grad():
+        for tag[0], ids in (("cal", cal), ("test", test)):
+            for args, kwargs in block_inputs(model, model.blocks["0"], ids, 8):
+                model.blocks["1"](model.blocks["0"](*args, **kwargs), *args[1:], **kwargs)
+    for hd in hooks:
+        hd.remove()
+    cfg = QuantConfig(bits=4, group_size=64, method="gptq", act_order=True)
+    for group, bound in ((names[:3], 0.6), (names[3:], 0.85)):  # measured 0.16, 0.76 (8k calibration tokens)
+        x_cal, x_test = (torch.cat(xs[(t, group[0])]).flatten(0, -2).double() for t in ("cal", "test"))
+        w = torch.cat([linears[n].weight for n in group]).detach().double()
+        got = torch.cat([m.dequantize() for m in gptq_layers([linears[n] for n in group], 2 * x_cal.T @ x_cal, cfg)])
+        rtn = torch.cat([Int4Linear.from_weight(linears[n].weight, 64).dequantize() for n in group])
+        err_gptq = (x_test @ (got.detach().double() - w).T).pow(2).sum()
+        err_rtn = (x_test @ (rtn.detach().double() - w).T).pow(2).sum()
+        assert err_gptq < bound * err_rtn, (group, (err_gptq / err_rtn).item())
