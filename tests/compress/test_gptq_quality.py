@@ -181,3 +181,18 @@ def test_gptq_beats_round_to_nearest_on_smollm2_layers_on_held_out_text():
         err_gptq = (x_test @ (got.detach().double() - w).T).pow(2).sum()
         err_rtn = (x_test @ (rtn.detach().double() - w).T).pow(2).sum()
         assert err_gptq < bound * err_rtn, (group, (err_gptq / err_rtn).item())
+
+
+def test_gptq_quantizes_the_head_last_from_a_full_forward():
+    from scratchlm.compress.quant import quantize_model
+
+    torch.manual_seed(6)
+    calib, x = torch.randint(0, 64, (4, 24)), torch.randint(0, 64, (2, 24))
+    model = tiny()
+    with torch.no_grad():
+        ref = model(x)
+    quantize_model(model, QuantConfig(bits=4, group_size=16, method="gptq", quantize_head=True), calib=calib)
+    assert isinstance(model.head, Int4Linear) and "head" in model.quantization["modules"]
+    assert isinstance(model.embed.weight, torch.nn.Parameter)  # the embedding stays as it was
+    with torch.no_grad():
+        assert (model(x) - ref).norm() < 0.2 * ref.norm()
