@@ -200,6 +200,11 @@ class Int8Linear(nn.Module):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
         return dequantize_int8(self.qweight, self.scale, dtype)
 
+    @property
+    def weight(self) -> Tensor:
+        """The dequantised (out, in) fp32 matrix, for code that reads a head's matrix (eval's fused head + loss)."""
+        return self.dequantize()
+
     def forward(self, x: Tensor) -> Tensor:
         fast = cpu_bound_path(self, x) if x.device.type == "cpu" else None
         if fast is None:
@@ -246,6 +251,11 @@ class Int4Linear(nn.Module):
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
         return dequantize_int4(self.qweight, self.scale, self.zero, self.group_size, dtype)
+
+    @property
+    def weight(self) -> Tensor:
+        """The dequantised (out, in) fp32 matrix, for code that reads a head's matrix (eval's fused head + loss)."""
+        return self.dequantize()
 
     def forward(self, x: Tensor) -> Tensor:
         fast = cpu_bound_path(self, x) if x.device.type == "cpu" else None

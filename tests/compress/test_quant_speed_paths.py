@@ -152,4 +152,5 @@ def test_quantised_head_beside_the_fp32_embedding(bits):
         assert isinstance(model.head._gemv, BoundGemv)
         assert _rel(fast, _reference(model.head, h)) < TOL
         drift = _rel(model(ids), fp_logits)
+        assert torch.equal(model.head.weight, model.head.dequantize())  # what a fused head + loss reads
     assert drift < (0.02 if bits == 8 else 0.3), f"logits moved by {drift:.3f} of their max"
