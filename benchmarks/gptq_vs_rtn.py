@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_compress import REPO
-from benchmarks.prune_points import MODEL, TEXT, prefix
+from benchmarks.prune_points import MODEL, TEXT, calibration, prefix
 
 
 def calibration_windows(chat, text: str, n: int, length: int, seed: int = 0) -> torch.Tensor:
@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calib-seqs", type=int, default=128)
     p.add_argument("--calib-len", type=int, default=512)
     p.add_argument("--calib-from", type=int, default=1_000_000, help="byte of owt_mini where calibration text starts")
+    p.add_argument(
+        "--calib-tail", action="store_true", help="bench_compress's calibration: the last tokens of owt_mini"
+    )
     p.add_argument("--damp", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=1, help="torch threads: 1 on a busy machine (OpenMP waits)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gptq.md")
@@ -75,7 +78,10 @@ def main(argv: list[str] | None = None) -> None:
             from scratchlm.model.model_dir import load_model
 
             _, chat = load_model(MODEL, progress=False)
-            calib = calibration_windows(chat, owt[args.calib_from :], args.calib_seqs, args.calib_len)
+            if args.calib_tail:  # consecutive windows of the last few documents (bench_compress.py's GPTQ row)
+                calib = calibration(chat, owt, args.calib_seqs, args.calib_len)
+            else:
+                calib = calibration_windows(chat, owt[args.calib_from :], args.calib_seqs, args.calib_len)
         t0 = time.perf_counter()
         model, chat = build(row, calib, args.damp)
         build_s = time.perf_counter() - t0
@@ -97,7 +103,12 @@ def main(argv: list[str] | None = None) -> None:
         "bits per byte (change against the first row) on "
         + "; ".join(f"the first {r['bytes']} bytes of {n} ({r['tokens']} tokens)" for n, r in facts.items())
         + f"; context = stride = {args.context}. GPTQ: {args.calib_seqs} x {args.calib_len} calibration tokens "
-        f"(random windows of owt_mini from byte {args.calib_from}), damp {args.damp}, blocks quantised in "
+        + (
+            "(the last tokens of owt_mini)"
+            if args.calib_tail
+            else f"(random windows of owt_mini from byte {args.calib_from})"
+        )
+        + f", damp {args.damp}, blocks quantised in "
         "order on the outputs of the already quantised blocks; `-ao` = act_order (static groups). Quantised "
         f"rows: the block linears, int4 asymmetric groups; the tied embedding / head stay fp32. vs {first}: "
         "the first row.",
