@@ -245,7 +245,7 @@ def worker(row: str, args) -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model, chat, stored = build(row, args)
-    rec = {"row": row, "label": ROWS.get(row, row), "build_s": time.perf_counter() - t0}
+    rec = {"row": row, "label": ROWS.get(row, row), "build_s": time.perf_counter() - t0, "threads": args.threads}
     rec["bytes"] = stored if stored is not None else model_bytes(model)
     quantised = [m for m in model.modules() if hasattr(m, "qweight")]  # their weights are buffers, not parameters
     rec["params"] = model.num_params + sum(m.in_features * m.out_features for m in quantised)
@@ -317,6 +317,7 @@ def table(args) -> None:
             cells.append(f"{d['tok_s']:.1f} (load {d['load_before']:.1f})")
         lines.append("| " + " | ".join(cells) + " |")
     sample = next((r["bpb"] for r in recs.values() if "bpb" in r), {})
+    threads = "/".join(str(t) for t in sorted({r.get("threads", args.threads) for r in recs.values()}))
     sizes = "; ".join(f"{n}: {b['bytes']} bytes, {b['documents']} docs" for n, b in sample.items())
     md = [
         f"# Compression of {MODEL}: quality against cost, one protocol (CPU)",
@@ -347,7 +348,7 @@ def table(args) -> None:
     if stale:
         md += [f"Cached figures measured with other settings, left out: {', '.join(stale)}.", ""]
     md += [
-        f"torch {torch.__version__}, {args.threads} thread(s) per row process. Rerun: `PYTHONPATH=. nice python -m "
+        f"torch {torch.__version__}, {threads} torch thread(s) per row process. Rerun: `PYTHONPATH=. nice python -m "
         f"benchmarks.compress_table {' '.join(worker_args(args, quality_only=True))}` (rows one at a time: "
         "`--rows int8,gptq-g64`; speed only, machine quiet: `--decode-only`).",
         "",
