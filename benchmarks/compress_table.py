@@ -2,10 +2,16 @@
 measured the same way: quantised (bf16, int8, int4 RTN / GPTQ, GGUF Q8_0 / Q4_1), pruned (50% magnitude,
 2:4, structured with and without recovery) and distilled (a 7.1M student, and the same student from scratch).
 
-    PYTHONPATH=. nice python -m benchmarks.compress_table                      # every row; ~1 h on 2 busy cores
-    PYTHONPATH=. nice python -m benchmarks.compress_table --rows int8,gptq-g64 --skip-decode
+    PYTHONPATH=. nice python -m benchmarks.compress_table --skip-decode --jobs 2 --threads 1   # hours when busy
+    PYTHONPATH=. nice python -m benchmarks.compress_table --rows int8,gptq-g64 --skip-mmlu --skip-decode
     PYTHONPATH=. python -m benchmarks.compress_table --decode-only             # the speed column, machine quiet
     PYTHONPATH=. python -m benchmarks.compress_table --table-only              # rebuild the table from the cache
+
+The result files were made with --owt-bytes 40000 --tinystories-bytes 20000 --mmlu-per-subject 1 (pass the
+same flags to add rows to them; figures measured with other flags are kept apart, not mixed in). On 2 cores
+shared with other jobs (load ~10) a 135M row took ~5 min of bits/byte and ~5 min of MMLU per question per
+subject at one thread, two rows at a time (one OpenMP thread per process: two threads waited on each other).
+--decode-only rebuilds each model, so gptq-g64 pays its ~10 min calibration again.
 
 Each row runs in its own process (`--worker`), so its peak RSS (ru_maxrss: loading, compressing and scoring
 the model) is its own, and caches its figures in benchmarks/_work/compress_table/<row>.json; the table
