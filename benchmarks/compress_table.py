@@ -10,7 +10,7 @@ measured the same way: quantised (bf16, int8, int4 RTN / GPTQ, GGUF Q8_0 / Q4_1)
 The result files were made with --owt-bytes 40000 --tinystories-bytes 20000 --mmlu-per-subject 1 (pass the
 same flags to add rows to them; figures measured with other flags are kept apart, not mixed in). On 2 cores
 shared with other jobs (load ~10) a 135M row took ~5 min of bits/byte and ~5 min of MMLU per question per
-subject at one thread, two rows at a time (one OpenMP thread per process: two threads waited on each other).
+subject at one thread, two rows at a time (~55 tokens/s per process; one 2-thread process managed ~40).
 --decode-only rebuilds each model, so gptq-g64 pays its ~10 min calibration again.
 
 Each row runs in its own process (`--worker`), so its peak RSS (ru_maxrss: loading, compressing and scoring
