@@ -19,12 +19,12 @@ that have gone through blocks 0..l-1 already quantised, so later blocks compensa
 Block 0's inputs are caught once and carried from block to block (one pass over the calibration data per
 block). (Within a block all linears see the unquantised block; AutoGPTQ's `true_sequential` splits further.)
 
-Calibration size matters more than it looks: GPTQ fits the error to the calibration inputs, and with too
-few rows it overfits them. On SmolLM2-135M with 16 x 256 tokens the MLP down projections (1536 inputs)
-came out *worse* than round to nearest on held-out text (output error 1.25x RTN's) while fitting their
-calibration rows at 0.5x. Held-out error against RTN's for block 3's down projection, by calibration
-tokens: 4k 1.25, 16k 0.96, 33k 0.91, 66k 0.89, 98k 0.87 (q/k/v, o, gate/up: 0.2-0.55 from 16k on). The
-paper calibrates on 128 x 2048 tokens; benchmarks/gptq_vs_rtn.py uses 128 x 512.
+What made GPTQ beat round to nearest on SmolLM2-135M (int4, group 64; benchmarks/results/gptq.md):
+act_order, whose groups take their range from the original weights. Without it GPTQ was no better than RTN
+over the whole model (tinystories: worse) although each layer's output error on held-out text was 0.2-0.55x
+RTN's, except the MLP down projections: their inputs are heavy-tailed (channel kurtosis ~40), so with few
+calibration rows GPTQ overfits them (held-out error against RTN's, block 3, by calibration tokens: 4k (tail)
+1.25, 16k 0.96, 33k 0.91, 66k 0.89), which more calibration only partly cures.
 """
 
 from __future__ import annotations
