@@ -244,9 +244,9 @@ def mmlu_stratified(args) -> int:
         md.append(
             "Same formulation as the model card (lighteval's `mmlu_cloze`: 'The following are questions about "
             "<subject>.\\nQuestion: <q>\\nAnswer:' then ' <answer text>', 0-shot, the highest log-likelihood per "
-            "byte of the answer wins), on the *val* split we have (1531 questions) instead of the card's test split "
-            "(14042): the difference from the card is a sampling difference when it lies within about two standard "
-            "errors. The letter formulation (5-shot, eval_mmlu.md) sits near chance for this model. "
+            f"byte of the answer wins), on {which} of the *val* split we have (1531 questions in all) instead of the "
+            "card's test split (14042): a difference from the card within about two standard errors is sampling "
+            "noise. The letter formulation (5-shot, eval_mmlu.md) sits near chance for this model. "
             f"Time {secs:.0f} s ({len(records) / secs:.2f} examples/s)."
         )
     else:
