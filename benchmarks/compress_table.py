@@ -65,7 +65,7 @@ ROWS = {
     "int8": "int8 per channel, RTN",
     "int4-g32": "int4 group 32, RTN",
     "int4-g64": "int4 group 64, RTN",
-    "gptq-g64": "int4 group 64, GPTQ",
+    "gptq-g64": "int4 group 64, GPTQ (act_order)",
     "q8_0": "GGUF Q8_0 (dequantised)",
     "q4_1": "GGUF Q4_1 (dequantised)",
     "magnitude50": "50% magnitude, per linear",

@@ -31,7 +31,12 @@ def register(sub) -> None:
     q.add_argument("--bits", type=int, choices=[4, 8], default=8)
     q.add_argument("--group-size", type=int, default=64, help="int4: inputs per scale / zero point")
     q.add_argument("--method", choices=["rtn", "gptq"], default="rtn")
-    q.add_argument("--act-order", action="store_true", help="GPTQ: columns by decreasing Hessian diagonal")
+    q.add_argument(
+        "--act-order",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="GPTQ: columns by decreasing Hessian diagonal (default; --no-act-order for file order)",
+    )
     q.add_argument("--quantize-head", action="store_true", help="also the output head (untied)")
     q.set_defaults(func=quantize)
 
