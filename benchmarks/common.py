@@ -264,7 +264,12 @@ def machine_block(info: dict, command: str) -> str:
 
 def save_report(out_dir: Path, stem: str, markdown: str, raw: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.md").write_text(markdown)
-    (out_dir / f"{stem}.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
+    for path, text in (
+        (out_dir / f"{stem}.md", markdown),
+        (out_dir / f"{stem}.json", json.dumps(raw, indent=2, default=str) + "\n"),
+    ):
+        tmp = path.with_suffix(path.suffix + ".tmp")  # a killed run leaves the last complete result, not half a file
+        tmp.write_text(text)
+        tmp.replace(path)
     print(markdown)
     print(f"wrote {out_dir / (stem + '.md')} and {stem}.json")

@@ -14,7 +14,6 @@ never sees the scored text (the first --max-bytes of owt_mini) nor tinystories, 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_compress import REPO
+from benchmarks.common import save_report
 from benchmarks.prune_points import MODEL, TEXT, calibration, prefix
 
 
@@ -121,15 +121,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Rerun: `PYTHONPATH=. python -m benchmarks.gptq_vs_rtn {' '.join(sys.argv[1:] if argv is None else argv)}`",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(args.out)
-    out_json = args.out.with_suffix(".json")
-    tmp = out_json.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"model": MODEL, "args": {k: str(v) for k, v in vars(args).items()}, "rows": records}))
-    tmp.replace(out_json)
-    print(f"wrote {args.out} and {out_json}")
+    raw = {"model": MODEL, "args": {k: str(v) for k, v in vars(args).items()}, "rows": records}
+    save_report(args.out.parent, args.out.stem, "\n".join(lines), raw)
 
 
 if __name__ == "__main__":
