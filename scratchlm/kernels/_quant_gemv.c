@@ -1,6 +1,6 @@
 /* Weight-only quantised linears on CPU for a few rows of activations (decode): y = x W^T (+ b), fp32 in/out.
  *
- * The CPU fast path of compress/quant.py's Int8Linear / Int4Linear. Decoding multiplies 1-8 rows by every
+ * The CPU fast path of compress/quant.py's Int8Linear / Int4Linear. Decoding multiplies a few rows by every
  * weight matrix: the cost is reading the weights, so this reads the quantised bytes themselves (int8: 1 byte
  * a weight, int4: half a byte plus a scale and zero per group; fp32 reads 4) and never builds the float
  * matrix. Formats (as quant.py):
@@ -20,8 +20,9 @@
  * the best the CPU has, checked at import (`isa()`, `set_isa()`; env SCRATCHLM_QUANT_ISA lowers it).
  *
  * Threads: output rows are split in contiguous ranges over a small pool of persistent POSIX threads (a
- * decode step calls ~200 linears; starting threads per call would cost ~50 us each time). Workers spin a
- * little for the next call, then sleep on a condition variable. The GIL is released during the work.
+ * decode step calls ~200 linears; starting threads per call would cost ~50 us each time). Workers spin
+ * for the next call (~ms), then sleep on a condition variable. The pool competes with torch's own OpenMP
+ * workers, which spin between ops too: quant_gemv.py uses it only when asked (see its `set_threads`). The GIL is released during the work.
  * Arguments are raw addresses (tensor.data_ptr()); the Python wrapper (quant_gemv.py) checks dtypes,
  * shapes and contiguity before calling.
  */
@@ -33,9 +34,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_ROWS 8
+#define MAX_ROWS 8        /* rows of activations per pass (the specialisations) */
+#define MAX_CALL_ROWS 64  /* rows per call: passes of MAX_ROWS over blocks of weights (run_range) */
 #define MAX_THREADS 64
 #define LANES 16
+/* Software prefetch distance, in tiles: each tile's loop also prefetches the tile PFD tiles later at the rate
+ * it consumes its own rows. A tile reads NB short rows (K bytes each) at once; the hardware prefetcher does
+ * not follow these short interleaved streams, and without this the kernel read ~4.5 GB/s from DRAM on one
+ * core (13 GB/s with it; 2 measured best with 2 threads, benchmarks/results/compress_decode.md). */
+#ifndef PFD
+#define PFD 2
+#endif
 
 typedef struct {
     int bits; /* 8 or 4 */
@@ -156,7 +165,9 @@ static inline __attribute__((always_inline, target("avx512f"))) void int8_tile_5
         for (int b = 0; b < NB; b++)
             for (int r = 0; r < R; r++) acc[b][r] = _mm512_setzero_ps(), tail[b][r] = 0.0f;
         int64_t k = 0;
+        const int8_t *pf = Q + (n + PFD * NB) * K; /* a later tile, read at the rate this one is consumed */
         for (; k + LANES <= K; k += LANES) {
+            _mm_prefetch((const char *)(pf + k * NB), _MM_HINT_T0);
             __m512 w[4];
             for (int b = 0; b < NB; b++)
                 w[b] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(Q + (n + b) * K + k))));
@@ -193,8 +204,10 @@ static inline __attribute__((always_inline, target("avx512f"))) void int4_tile_5
             float tail[4][MAX_ROWS];
             for (int b = 0; b < NB; b++)
                 for (int r = 0; r < R; r++) acc[b][r] = _mm512_setzero_ps(), tail[b][r] = 0.0f;
+            const uint8_t *pf = P + (n + PFD * NB) * (K / 2) + g * H * NB; /* as int8_tile_512 */
             int64_t i = 0;
             for (; i + LANES <= H; i += LANES) {
+                _mm_prefetch((const char *)(pf + i * NB), _MM_HINT_T0);
                 __m512 lo[4], hi[4];
                 for (int b = 0; b < NB; b++) {
                     const uint8_t *pg = P + (n + b) * (K / 2) + g * H;
@@ -281,7 +294,9 @@ static inline __attribute__((always_inline, target("avx2,fma"))) void int8_tile_
         for (int b = 0; b < NB; b++)
             for (int r = 0; r < R; r++) acc[b][r] = _mm256_setzero_ps(), tail[b][r] = 0.0f;
         int64_t k = 0;
+        const int8_t *pf = Q + (n + PFD * NB) * K; /* as int8_tile_512 */
         for (; k + LANES <= K; k += LANES) {
+            _mm_prefetch((const char *)(pf + k * NB), _MM_HINT_T0);
             for (int h = 0; h < LANES; h += 8) {
                 __m256 w[4];
                 for (int b = 0; b < NB; b++) w[b] = cvt8_i8(Q + (n + b) * K + k + h);
@@ -318,8 +333,10 @@ static inline __attribute__((always_inline, target("avx2,fma"))) void int4_tile_
             float tail[4][MAX_ROWS];
             for (int b = 0; b < NB; b++)
                 for (int r = 0; r < R; r++) acc[b][r] = _mm256_setzero_ps(), tail[b][r] = 0.0f;
+            const uint8_t *pf = P + (n + PFD * NB) * (K / 2) + g * H * NB;
             int64_t i = 0;
             for (; i + LANES <= H; i += LANES) {
+                _mm_prefetch((const char *)(pf + i * NB), _MM_HINT_T0);
                 for (int h = 0; h < LANES; h += 8) {
                     __m256 lo[4], hi[4];
                     for (int b = 0; b < NB; b++) {
@@ -406,7 +423,7 @@ static const char *isa_names[] = {"generic", "avx2", "avx512f"};
 static int isa_best = ISA_GENERIC; /* the best this CPU (and build) runs, decided at import */
 static int isa = ISA_GENERIC;      /* the loops in use: isa_best unless lowered (env, set_isa) */
 
-static void run_range(const Job *j, int64_t n0, int64_t n1) {
+static void run_range_rows(const Job *j, int64_t n0, int64_t n1) { /* j->R <= MAX_ROWS */
 #ifdef HAVE_X86_PATHS
     if (isa == ISA_AVX512) {
         run_range_512(j, n0, n1);
@@ -420,6 +437,28 @@ static void run_range(const Job *j, int64_t n0, int64_t n1) {
     run_range_generic(j, n0, n1);
 }
 
+/* More than MAX_ROWS rows (a short prefill, a batch of decodes): blocks of BLOCK_N output rows, and for each
+ * block every chunk of MAX_ROWS activation rows, so a block's weights are read from memory once and from
+ * cache for the other chunks (dequantising the whole matrix for a GEMM writes and re-reads 4 bytes a weight). */
+#define BLOCK_N 32
+static void run_range(const Job *j, int64_t n0, int64_t n1) {
+    if (j->R <= MAX_ROWS) {
+        run_range_rows(j, n0, n1);
+        return;
+    }
+    const int64_t ng = j->bits == 4 ? j->K / j->G : 0;
+    for (int64_t b0 = n0; b0 < n1; b0 += BLOCK_N) {
+        const int64_t b1 = b0 + BLOCK_N < n1 ? b0 + BLOCK_N : n1;
+        for (int64_t r0 = 0; r0 < j->R; r0 += MAX_ROWS) {
+            Job c = *j;
+            c.R = j->R - r0 < MAX_ROWS ? j->R - r0 : MAX_ROWS;
+            c.x = j->x + r0 * j->K, c.y = j->y + r0 * j->N;
+            if (j->xsum) c.xsum = j->xsum + r0 * ng;
+            run_range_rows(&c, b0, b1);
+        }
+    }
+}
+
 /* ------------------------------------------------------------------------------------------ thread pool */
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
@@ -430,7 +469,10 @@ static int pending = 0;            /* parts of the current job not finished yet 
 static const Job *cur_job = NULL;
 static int cur_parts = 0;
 static int64_t cur_chunk = 0;
-static int spin_limit = 20000;     /* polls of `generation` before a worker sleeps (a few tens of us) */
+/* polls of `generation` before a worker sleeps (~ms; env SCRATCHLM_QUANT_SPIN). A decode step runs other ops
+ * between its linears; a worker that went to sleep takes tens of us to wake on a VM, every call. Measured on
+ * 2 cores (SmolLM2 int8, torch at 1 thread, pool of 2): 20k polls 29, 400k 44, 4M 52 tokens/s. */
+static int spin_limit = 4000000;
 
 static void run_part(int part) {
     const int64_t n0 = part * cur_chunk, n1 = n0 + cur_chunk < cur_job->N ? n0 + cur_chunk : cur_job->N;
@@ -504,7 +546,7 @@ static PyObject *gemv(PyObject *self, PyObject *args) {
     long long R, N, K, G;
     if (!PyArg_ParseTuple(args, "iKKKKKKLLLLi", &bits, &x, &q, &scale, &zero, &bias, &y, &R, &N, &K, &G, &nthreads))
         return NULL;
-    if ((bits != 8 && bits != 4) || R < 1 || R > MAX_ROWS || N < 1 || K < 1 ||
+    if ((bits != 8 && bits != 4) || R < 1 || R > MAX_CALL_ROWS || N < 1 || K < 1 ||
         (bits == 4 && (G < 2 || G % 2 || K % G))) {
         PyErr_Format(PyExc_ValueError, "quant gemv: unsupported bits=%d rows=%lld N=%lld K=%lld group=%lld", bits, R,
                      N, K, G);
@@ -586,5 +628,6 @@ PyMODINIT_FUNC PyInit__quant_gemv(void) {
     if (env && isa_by_name(env) >= 0 && isa_by_name(env) < isa) isa = isa_by_name(env);
     if (getenv("SCRATCHLM_NO_AVX512")) isa = ISA_GENERIC;
     pthread_atfork(NULL, NULL, after_fork_child);
+    if (getenv("SCRATCHLM_QUANT_SPIN")) spin_limit = atoi(getenv("SCRATCHLM_QUANT_SPIN"));
     return PyModule_Create(&module);
 }

@@ -9,8 +9,14 @@ Decoding is bound by reading the weights. The reference path of compress/quant.p
 matrix to float and calls `F.linear` (it reads the quantised bytes, writes and reads the float matrix:
 slower than fp32). The compiled kernel reads 1 byte (int8) or ~0.56 byte (int4 with its scales and zero
 points) per weight instead of fp32's 4, unpacks and converts in registers, and applies each scale / zero
-once per group. Rows of activations: 1..MAX_ROWS (decode steps, small batches); more rows go to the
-reference (a GEMM there re-reads the dequantised matrix from cache, so the dequantise is amortised).
+once per group. Rows of activations: 1..MAX_ROWS (decode steps, batches of decodes, short prefills: the C
+code takes 8 rows a pass over blocks of weights that stay in cache); more rows go to the reference (a GEMM
+there re-reads the dequantised matrix from cache, so the dequantise is amortised).
+
+Threads: one by default. The kernel's own thread pool competes with torch's OpenMP workers, which spin
+between ops: on 2 cores, SmolLM2 int8 decoded at ~30 tokens/s with a pool of 2 next to torch's 2 threads
+and ~48 with the kernel on one (benchmarks/results/compress_decode.md). `set_threads(n)` (or env
+SCRATCHLM_QUANT_THREADS) uses a pool of n, which pays when torch runs one thread (`torch.set_num_threads(1)`).
 
 The loops are AVX-512F, AVX2 + FMA or portable C, the best the CPU runs, picked at import (no -march
 flag at build: the wheel runs on any x86-64); `_quant_gemv.isa()` names them, `_quant_gemv.set_isa(name)`
@@ -22,6 +28,9 @@ than this kernel at one row here (torch 2.13 CPU), so it is not used.
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 from torch import Tensor
 
@@ -32,8 +41,35 @@ try:  # built by setup.py where a C compiler exists (optional, like the paged de
 except ImportError:  # pragma: no cover - depends on the install
     _quant_gemv = None
 
-MAX_ROWS = 8  # the C kernel's specialisations; beyond this dequantise + GEMM is as good
+# rows per call; measured on SmolLM2's shapes, one thread (kernel vs dequantise + F.linear): int8 3.3x at 48
+# rows, 1.4x at 64; int4 1.2x at 48, 0.6x at 64
+MAX_ROWS = 48
 MIN_THREAD_WEIGHTS = 1 << 16  # below ~64k weights one thread finishes before a second one wakes
+_threads = None  # set_threads; None: env SCRATCHLM_QUANT_THREADS, else 1
+
+
+def set_threads(n: int | None) -> int | None:
+    """Use a pool of n threads in the kernel (None: back to the default); returns the previous setting."""
+    global _threads
+    if n is not None and not 1 <= int(n) <= 64:
+        raise ScratchLMError(f"quant gemv threads must be in 1..64, got {n}")
+    before, _threads = _threads, None if n is None else int(n)
+    return before
+
+
+def kernel_threads() -> int:
+    """The kernel's thread count: set_threads, else env SCRATCHLM_QUANT_THREADS, else 1."""
+    return _threads if _threads is not None else _env_threads()
+
+
+@functools.cache
+def _env_threads() -> int:
+    env = os.environ.get("SCRATCHLM_QUANT_THREADS", "")
+    if not env:
+        return 1
+    if not env.isdigit() or not 1 <= int(env) <= 64:
+        raise ScratchLMError(f"SCRATCHLM_QUANT_THREADS must be an integer in 1..64, got {env!r}")
+    return int(env)
 
 
 def cpu_unsupported(x: Tensor, qweight: Tensor) -> str:
@@ -127,7 +163,7 @@ class BoundGemv:
         n = self.n
         y = torch.empty((*x.shape[:-1], n), dtype=torch.float32)  # (..., N)
         if threads is None:
-            threads = torch.get_num_threads() if n * k >= MIN_THREAD_WEIGHTS else 1
+            threads = kernel_threads() if n * k >= MIN_THREAD_WEIGHTS else 1
         q, s, z, b = self.ptrs
         _quant_gemv.gemv(self.bits, x.data_ptr(), q, s, z, b, y.data_ptr(), rows, n, k, self.group_size, threads)
         return y

@@ -1,8 +1,8 @@
 """The quantised linears' CPU speed paths against the dequantise-then-F.linear reference (compress/quant.py).
 
 Every instruction set the CPU runs (`_quant_gemv.isas()`: the portable loops, AVX2 + FMA, AVX-512F, each
-with its tiles of several output rows) on int8 and int4 weights, 1..8 rows, output counts off the tile
-sizes, K off the 16 lanes, group halves off the lanes, one and two threads; the modules' bound kernel
+with its tiles of several output rows) on int8 and int4 weights, 1..8 rows and passes of 8 up to
+MAX_ROWS, output counts off the tile sizes, K off the 16 lanes, group halves off the lanes, one and two threads; the modules' bound kernel
 (weights checked once) following every way the weights can change; batch > 1 rows; the quantised head
 next to the fp32 embedding table. Errors as max abs / (max |ref|), as tests/kernels/test_quant_kernels.py.
 """
@@ -64,7 +64,7 @@ def test_every_instruction_set_matches_reference(isa, name, bits, group, n, k):
     isa(name)
     m = _module(bits, n, k, group, bias=(n % 2 == 1), seed=n)
     torch.manual_seed(k)
-    for rows in range(1, 9):
+    for rows in [*range(1, 9), 11, 17, quant_gemv.MAX_ROWS]:  # > 8: passes of 8 rows over blocks of weights
         x = torch.randn(rows, k)
         ref = _reference(m, x)
         for threads in (1, 2):
@@ -104,7 +104,8 @@ def test_module_binds_once_and_matches_the_general_path(bits):
             ref = m(x)
         assert torch.equal(ref, _reference(m, x))
         assert _rel(out, ref) < TOL
-        many = torch.randn(3, 4, 128)  # 12 rows: the reference GEMM
+        many = torch.randn(7, 7, 128)  # 49 rows, more than the kernel takes: the reference GEMM
+        assert 49 > quant_gemv.MAX_ROWS
         assert torch.equal(m(many), _reference(m, many))
         xt = torch.randn(128, 4).t()  # non-contiguous (4, 128)
         assert _rel(m(xt), _reference(m, xt)) < TOL

@@ -98,7 +98,7 @@ def test_portable_loops_match_reference():
         "assert _quant_gemv.isa() == 'generic', _quant_gemv.isa()\n"
         "torch.manual_seed(0); w = torch.randn(70, 480); b = torch.randn(70); worst = 0.0\n"
         "for m in (Int8Linear.from_weight(w, b), Int4Linear.from_weight(w, 32, b), Int4Linear.from_weight(w, 96)):\n"
-        "    for rows in (1, 5, 8):\n"
+        "    for rows in (1, 5, 8, 13):\n"
         "        x = torch.randn(rows, 480); ref = F.linear(x, m.dequantize(), m.bias)\n"
         "        bits = 8 if isinstance(m, Int8Linear) else 4\n"
         "        out = quant_linear_cpu(x, bits, m.qweight, m.scale, getattr(m, 'zero', None),\n"
@@ -124,7 +124,7 @@ def test_modules_dispatch_to_the_kernel_and_back(cls):
     assert torch.equal(fast, _fast(m, x))  # the module used the compiled kernel
     err, rel = _errors(fast, ref)
     assert rel < TOL, f"max abs {err:.2e}, rel {rel:.2e}"
-    big = torch.randn(12, 256)  # more than 8 rows: the reference path, bit for bit
+    big = torch.randn(quant_gemv.MAX_ROWS + 1, 256)  # more rows than the kernel takes: the reference, bit for bit
     with torch.no_grad():
         assert torch.equal(m(big), _reference(m, big))
     assert "rows" in cpu_unsupported(big, m.qweight)
@@ -167,7 +167,9 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ScratchLMError, match="do not fit"):
         quant_linear_cpu(x, 3, m.qweight, m.scale, m.zero, 32)
     with pytest.raises(ScratchLMError, match="rows"):
-        quant_linear_cpu(torch.randn(9, 64), 4, m.qweight, m.scale, m.zero, 32)
+        quant_linear_cpu(torch.randn(quant_gemv.MAX_ROWS + 1, 64), 4, m.qweight, m.scale, m.zero, 32)
+    with pytest.raises(ScratchLMError, match="SCRATCHLM_QUANT_THREADS|1..64"):
+        quant_gemv.set_threads(0)
 
 
 # ---------------------------------------------------------------------------------------------- Triton
@@ -222,3 +224,28 @@ def test_triton_kernel_cuda(bits, group, dtype):
         err, rel = _errors(out.float(), ref)
         tol = 2e-2 if dtype == torch.bfloat16 else 5e-3  # tf32 dots on GPU, bf16 output rounding
         assert rel < tol, f"rows={rows}: max abs {err:.2e}, rel {rel:.2e}"
+
+
+@needs_ext
+def test_thread_setting(monkeypatch):
+    """One kernel thread unless asked (torch's OpenMP workers spin between ops); set_threads / env override."""
+    monkeypatch.delenv("SCRATCHLM_QUANT_THREADS", raising=False)
+    quant_gemv._env_threads.cache_clear()
+    assert quant_gemv.kernel_threads() == 1
+    before = quant_gemv.set_threads(2)
+    try:
+        assert quant_gemv.kernel_threads() == 2
+        m = _module(8, 300, 256, 0, bias=True, seed=7)  # 77k weights: over MIN_THREAD_WEIGHTS, the pool runs
+        x = torch.randn(3, 256)
+        assert _errors(_fast(m, x), _reference(m, x))[1] < TOL
+    finally:
+        quant_gemv.set_threads(before)
+    monkeypatch.setenv("SCRATCHLM_QUANT_THREADS", "3")
+    quant_gemv._env_threads.cache_clear()
+    assert quant_gemv.kernel_threads() == 3
+    monkeypatch.setenv("SCRATCHLM_QUANT_THREADS", "many")
+    quant_gemv._env_threads.cache_clear()
+    with pytest.raises(ScratchLMError, match="SCRATCHLM_QUANT_THREADS"):
+        quant_gemv.kernel_threads()
+    monkeypatch.delenv("SCRATCHLM_QUANT_THREADS")
+    quant_gemv._env_threads.cache_clear()
