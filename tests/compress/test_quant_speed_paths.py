@@ -2,9 +2,10 @@
 
 Every instruction set the CPU runs (`_quant_gemv.isas()`: the portable loops, AVX2 + FMA, AVX-512F, each
 with its tiles of several output rows) on int8 and int4 weights, 1..8 rows and passes of 8 up to
-MAX_ROWS, output counts off the tile sizes, K off the 16 lanes, group halves off the lanes, one and two threads; the modules' bound kernel
-(weights checked once) following every way the weights can change; batch > 1 rows; the quantised head
-next to the fp32 embedding table. Errors as max abs / (max |ref|), as tests/kernels/test_quant_kernels.py.
+MAX_ROWS, output counts off the tile sizes, K off the 16 lanes, group halves off the lanes, one and two
+threads; the modules' bound kernel (weights checked once) following every way the weights can change;
+batch > 1 rows; the quantised head next to the fp32 embedding table.
+Errors as max abs / (max |ref|), as tests/kernels/test_quant_kernels.py.
 """
 
 from __future__ import annotations
