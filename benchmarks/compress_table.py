@@ -226,7 +226,17 @@ def decode(row: str, model, chat, args) -> dict:
     from benchmarks.bench_compress import decode_tps
 
     rates = [decode_tps(model, chat, args.decode_tokens, 1) for _ in range(args.repeats)]
-    return out | {"tok_s": statistics.median(rates), "runs": rates, "load_after": os.getloadavg()[0]}
+    out |= {"tok_s": statistics.median(rates), "runs": rates}
+    if args.trace_requests:  # many requests at once: batched decode steps and chunked prefills
+        from benchmarks.bench_engine import run_engine, trace
+
+        reqs = trace(0, args.trace_requests, args.trace_tokens)
+        runs = [run_engine(model, chat, reqs, kv_cache_mb=512) for _ in range(2)]
+        best = max(runs, key=lambda r: r["tok_s"])
+        out |= {"trace": {"requests": len(reqs), "tokens": best["tokens"], "tok_s": best["tok_s"],
+                          "runs": [r["tok_s"] for r in runs],
+                          "prompt_tokens": sum(len(p) for p, _ in reqs)}}  # fmt: skip
+    return out | {"load_after": os.getloadavg()[0]}
 
 
 def parts_of(row: str, args) -> list[str]:
@@ -310,7 +320,8 @@ def table(args) -> None:
         cells.append("-" if b is None or r is None else f"{100 * (math.exp(nats(b) - nats(r)) - 1):+.1f}%")
         m = rec.get("mmlu")
         cells.append("-" if m is None else f"{100 * m['acc_norm']:.1f} ± {100 * m['acc_norm_stderr']:.1f}")
-        rss = max(rec.get("peak_rss_mib", {}).values(), default=None)
+        # the quality runs' peak: a speed run also holds the trace's KV cache (512 MiB, preallocated)
+        rss = max((v for k, v in rec.get("peak_rss_mib", {}).items() if k != "decode"), default=None)
         cells.append("-" if rss is None else f"{rss:.0f}")
         d = rec.get("decode")
         if row in GGUF_ROWS:
@@ -321,6 +332,8 @@ def table(args) -> None:
             cells.append(d["why"])
         else:
             cells.append(f"{d['tok_s']:.1f} (load {d['load_before']:.1f})")
+        t = (d or {}).get("trace")
+        cells.append(f"{t['tok_s']:.1f}" if t else "-" if row in BPB_ONLY | set(GGUF_ROWS) else "not measured")
         lines.append("| " + " | ".join(cells) + " |")
     sample = next((r["bpb"] for r in recs.values() if "bpb" in r), {})
     threads = "/".join(str(t) for t in sorted({r.get("threads", args.threads) for r in recs.values()}))
@@ -337,11 +350,14 @@ def table(args) -> None:
         "block linears at their GGUF block size; pruned rows are stored dense). Peak RSS = ru_maxrss of the row's "
         "own process (loading the fp32 weights, compressing, scoring: an upper bound on serving memory). decode = "
         f"batch-1 greedy tokens/s through the engine, median of {args.repeats} x {args.decode_tokens} tokens, with "
-        f"the 1-minute load average; only measured below load {args.max_load} (2 cores shared with other jobs).",
+        f"the 1-minute load average; only measured below load {args.max_load} (2 cores shared with other jobs). "
+        f"trace = the engine's output tokens/s on {args.trace_requests} requests at once (bench_engine.trace: "
+        f"random prompts of 50-500 tokens, greedy, 50-{args.trace_tokens} output tokens each), best of 2 runs, "
+        "in the same process right after decode.",
         "",
         "| model | params | MiB | owt_mini held-out bits/byte | tinystories_val bits/byte | owt ppl vs fp32 "
-        "| MMLU cloze acc_norm % | peak RSS MiB | decode tok/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| MMLU cloze acc_norm % | peak RSS MiB | decode tok/s | trace tok/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *lines,
         "",
         "Anchors, llama.cpp's published perplexity changes against fp16 (tools/perplexity/README.md, wikitext-2): "
@@ -381,6 +397,7 @@ def worker_args(args, quality_only: bool = False) -> list[str]:
     keys = ("context", "owt_bytes", "tinystories_bytes", "mmlu_per_subject", "calib_seqs", "calib_len")
     if not quality_only:
         keys += ("decode_tokens", "repeats", "max_load", "threads", "skip_mmlu", "skip_decode", "decode_only")
+        keys += ("trace_requests", "trace_tokens")
         keys += ("mmlu_only",)
     flags = []
     for k in keys:
@@ -402,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--skip-decode", action="store_true", help="quality columns only")
     p.add_argument("--skip-mmlu", action="store_true", help="no MMLU (the slow column)")
-    p.add_argument("--decode-only", action="store_true", help="refresh the decode column only")
+    p.add_argument("--decode-only", action="store_true", help="refresh the speed columns (decode, trace) only")
     p.add_argument("--mmlu-only", action="store_true", help="the MMLU column only")
     p.add_argument("--table-only", action="store_true", help="rebuild the table from the cache")
     p.add_argument("--jobs", type=int, default=1, help="rows measured at once, each in its own process")
@@ -414,6 +431,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calib-len", type=int, default=256)
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--trace-requests", type=int, default=16, help="requests of the trace column (0: none)")
+    p.add_argument("--trace-tokens", type=int, default=128, help="most output tokens a trace request asks for")
     p.add_argument("--max-load", type=float, default=1.5, help="decode only below this 1-minute load average")
     p.add_argument("--threads", type=int, default=2, help="torch threads per row process")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
