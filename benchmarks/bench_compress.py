@@ -25,7 +25,6 @@ CPU; torch's own CPU int8 / int4 matmuls (`_weight_int8pack_mm`, `_weight_int4pa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import save_report
 from benchmarks.prune_points import MODEL, REPO, TEXT, calibration, prefix
 
 ROWS = ("fp32", "bf16", "int8", "int4-g32", "int4-g64", "gptq-g64", "q8_0")
@@ -243,18 +243,10 @@ def main(argv: list[str] | None = None) -> None:
         f"Rerun: `PYTHONPATH=. python -m benchmarks.bench_compress {' '.join(sys.argv[1:] if argv is None else argv)}`",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(args.out)
-    out_json = args.out.with_suffix(".json")
-    tmp = out_json.with_suffix(".json.tmp")
     report = {"model": MODEL, "args": {k: str(v) for k, v in vars(args).items()}, "rows": records,
               "llama_cpp": llama, "llama_cpp_skipped": llama_why, "torch": torch.__version__,
               "threads": torch.get_num_threads()}  # fmt: skip
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out_json)
-    print(f"wrote {args.out} and {out_json}")
+    save_report(args.out.parent, args.out.stem, "\n".join(lines), report)
 
 
 if __name__ == "__main__":
