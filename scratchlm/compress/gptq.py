@@ -29,6 +29,8 @@ calibration rows GPTQ overfits them (held-out error against RTN's, block 3, by c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -180,20 +182,31 @@ def quantize_group(model: nn.Module, linears: dict[str, nn.Linear], hs, counts, 
             set_module(model, name, module)
 
 
-@torch.no_grad()
-def gptq_quantize(
-    model: nn.Module, cfg: QuantConfig, calib: Tensor | None, targets: dict[str, nn.Linear], batch: int = 8
-) -> None:
-    """Quantise `targets` of `model` in place with GPTQ, block by block, on calibration ids (S, T).
-
-    The inputs of block 0 are caught once; each block then runs on its cached inputs (collecting its
-    linears' Hessians), is quantised, and runs again to give the next block its inputs, now through the
-    quantised block: one pass over the calibration data per block, not a forward from the embedding. This
-    relies on what `TransformerLM.hidden` does: block l + 1 reads block l's output as its first argument
-    and the same other arguments (the step context). Targets outside the blocks (the head) are quantised
-    last, from a full forward."""
+def check_calibration(calib, what: str) -> None:
     if calib is None or not torch.is_tensor(calib) or calib.dim() != 2 or calib.numel() == 0:
-        raise InvalidArgument("GPTQ needs calibration token ids: a non-empty (sequences, tokens) tensor")
+        raise InvalidArgument(f"{what} needs calibration token ids: a non-empty (sequences, tokens) tensor")
+
+
+BlockFn = Callable[[nn.Module, dict[str, nn.Linear], list[tuple[tuple, dict]]], None]
+
+
+@torch.no_grad()
+def blockwise(
+    model: nn.Module,
+    targets: dict[str, nn.Linear],
+    calib: Tensor,
+    batch: int,
+    per_block: BlockFn,
+    rest_fn: Callable[[dict[str, nn.Linear]], None],
+) -> None:
+    """Run `per_block(block, its targets, its cached inputs)` on each block holding targets, in order, then
+    `rest_fn(targets outside the blocks)` (the head) if any. Shared by GPTQ and AWQ (awq.py).
+
+    The inputs of block 0 are caught once; each block is then processed (it may swap its linears, fold
+    scales) and runs again to give the next block its inputs, now through the processed block: one pass
+    over the calibration data per block, not a forward from the embedding. This relies on what
+    `TransformerLM.hidden` does: block l + 1 reads block l's output as its first argument and the same
+    other arguments (the step context)."""
     device = next(model.parameters()).device
     calib = calib.to(device)
     was_training = model.training
@@ -201,32 +214,50 @@ def gptq_quantize(
     found = getattr(model, "blocks", None)
     named = list(found.items()) if isinstance(found, nn.ModuleDict) else list(enumerate(found or []))
     blocks = [b for _, b in named]
-    per_block = [{n: m for n, m in targets.items() if n.startswith(f"blocks.{key}.")} for key, _ in named]
-    rest = {n: m for n, m in targets.items() if not any(n in g for g in per_block)}
+    groups = [{n: m for n, m in targets.items() if n.startswith(f"blocks.{key}.")} for key, _ in named]
+    rest = {n: m for n, m in targets.items() if not any(n in g for g in groups)}
     try:
-        if any(per_block):
+        if any(groups):
             inputs = block_inputs(model, blocks[0], calib, batch)
-            last = max(i for i, g in enumerate(per_block) if g)
-            for i, (block, linears) in enumerate(zip(blocks[: last + 1], per_block, strict=False)):
+            last = max(i for i, g in enumerate(groups) if g)
+            for i, (block, linears) in enumerate(zip(blocks[: last + 1], groups, strict=False)):
                 if linears:
-                    hs, counts, handles = hessian_hooks(linears)
-                    try:
-                        for args, kwargs in inputs:
-                            block(*args, **kwargs)
-                    finally:
-                        for hd in handles:
-                            hd.remove()
-                    quantize_group(model, linears, hs, counts, cfg)
-                if i < last:  # the next block's inputs, through this (quantised) block
+                    per_block(block, linears, inputs)
+                if i < last:  # the next block's inputs, through this (processed) block
                     inputs = [((block(*args, **kwargs), *args[1:]), kwargs) for args, kwargs in inputs]
-        if rest:  # the head: after every block is quantised, a full forward
-            hs, counts, handles = hessian_hooks(rest)
-            try:
-                for rows in calib.split(batch):
-                    model(rows)
-            finally:
-                for hd in handles:
-                    hd.remove()
-            quantize_group(model, rest, hs, counts, cfg)
+        if rest:
+            rest_fn(rest)
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def gptq_quantize(
+    model: nn.Module, cfg: QuantConfig, calib: Tensor | None, targets: dict[str, nn.Linear], batch: int = 8
+) -> None:
+    """Quantise `targets` of `model` in place with GPTQ, block by block (`blockwise`), on calibration ids
+    (S, T): each block runs on its cached inputs collecting its linears' Hessians, then is quantised.
+    Targets outside the blocks (the head) are quantised last, from a full forward."""
+    check_calibration(calib, "GPTQ")
+
+    def per_block(block: nn.Module, linears: dict[str, nn.Linear], inputs) -> None:
+        hs, counts, handles = hessian_hooks(linears)
+        try:
+            for args, kwargs in inputs:
+                block(*args, **kwargs)
+        finally:
+            for hd in handles:
+                hd.remove()
+        quantize_group(model, linears, hs, counts, cfg)
+
+    def rest_fn(rest: dict[str, nn.Linear]) -> None:  # the head: after every block is quantised
+        hs, counts, handles = hessian_hooks(rest)
+        try:
+            for rows in calib.split(batch):
+                model(rows.to(next(model.parameters()).device))
+        finally:
+            for hd in handles:
+                hd.remove()
+        quantize_group(model, rest, hs, counts, cfg)
+
+    blockwise(model, targets, calib, batch, per_block, rest_fn)
