@@ -19,12 +19,11 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-import torch
 from torch import Tensor, nn
 
 from scratchlm.align.logprobs import token_log_probs
 from scratchlm.align.losses import sft_loss
-from scratchlm.align.run_dir import open_run_dir, pad_id, save_checkpoint
+from scratchlm.align.run_dir import save_checkpoint
 from scratchlm.errors import ScratchLMError
 
 log = logging.getLogger(__name__)
@@ -86,45 +85,31 @@ class SFTLoss:
 
 def train_expert_iter(cfg: ExpertIterConfig, resume: bool = False, model_and_chat=None) -> dict:
     """Run expert iteration per `cfg`; returns the summary (also OUT/summary.json)."""
-    from scratchlm.align.grpo import evaluate, setup
+    from scratchlm.align.grpo import evaluate
     from scratchlm.align.pg_losses import safe_reward
-    from scratchlm.align.rewards import reward_function
+    from scratchlm.align.rl_run import resume_from, sample_step, start_run
     from scratchlm.align.rollout import RolloutSampler, rollout_batch
     from scratchlm.io import write_json
-    from scratchlm.model.model_dir import load_model, save_model_dir
+    from scratchlm.model.model_dir import save_model_dir
     from scratchlm.train.config import OptimConfig, ScheduleConfig
     from scratchlm.train.optim import build_optimizer
     from scratchlm.train.schedules import Schedule
     from scratchlm.train.step import train_step
 
-    cfg.validate()
-    out, ckpt = open_run_dir(cfg.out_dir, resume)
-    device = torch.device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    reward_fn = reward_function(cfg.reward)
-    model, chat = (
-        model_and_chat if model_and_chat is not None else load_model(cfg.model, device=cfg.device, progress=False)
-    )
-    pad = pad_id(chat)
-    train, held, stats = setup(cfg, chat, model)
+    run = start_run(cfg, resume, model_and_chat)
+    out, ckpt, device, reward_fn, pad = run.out, run.ckpt, run.device, run.reward_fn, run.pad
+    model, chat, train, held, stats = run.model, run.chat, run.train, run.held, run.stats
     optimizer = build_optimizer(model, OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay))
     schedule = Schedule(optimizer, ScheduleConfig(name="constant"), max(cfg.rounds * cfg.sft_steps, 1))
     sampler = RolloutSampler(model, chat, kv_cache_mb=cfg.kv_cache_mb, max_num_seqs=64)
-    start, opt_step, evals = 0, 0, []
-    if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, opt_step, evals = state["round"], state["opt_step"], json.loads(state["evals"])
-    elif held:
+    resumed = resume and ckpt.is_file()
+    start, opt_step, evals = resume_from(run, {"model": model}, optimizer, key="round") if resumed else (0, 0, [])
+    if not resumed and held:
         evals.append({"step": 0, **evaluate(sampler, held, reward_fn, cfg.max_tokens)})
     metrics = (out / "metrics.jsonl").open("a")
     for rnd in range(start, cfg.rounds):
         t0 = time.perf_counter()
-        rng = random.Random(cfg.seed * 1_000_003 + rnd)
-        tasks = [train[rng.randrange(len(train))] for _ in range(cfg.prompts_per_round)]
-        ro = sampler.sample([t.prompt_ids for t in tasks], cfg.group_size, cfg.max_tokens, cfg.temperature,
-                            cfg.top_p, seed=cfg.seed * 7919 + rnd)  # fmt: skip
+        tasks, ro = sample_step(run, sampler, cfg, rnd, cfg.prompts_per_round)
         kept, seen, errors, hits = [], set(), 0, 0
         for i, (text, resp) in enumerate(zip(ro.texts, ro.response_ids, strict=True)):
             r, ok = safe_reward(reward_fn, text, tasks[i // cfg.group_size].answer)

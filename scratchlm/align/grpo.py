@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from scratchlm.align.logprobs import masked_mean, masked_normalize, token_entropy, token_log_probs
 from scratchlm.align.pg_losses import LOSS_TYPES, compute_group_normalized_rewards, compute_policy_gradient_loss, kl_k3
-from scratchlm.align.run_dir import open_run_dir, pad_id, save_checkpoint
+from scratchlm.align.run_dir import save_checkpoint
 from scratchlm.errors import ScratchLMError
 
 log = logging.getLogger(__name__)
@@ -283,25 +283,18 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, stop_after: int | None = N
     (model, chat) instead of loading `cfg.model` (tests, notebooks)."""
     import copy
 
-    from scratchlm.align.rewards import reward_function
+    from scratchlm.align.rl_run import resume_from, sample_step, start_run
     from scratchlm.align.rollout import RolloutSampler
     from scratchlm.io import write_json
-    from scratchlm.model.model_dir import load_model, save_model_dir
+    from scratchlm.model.model_dir import save_model_dir
     from scratchlm.train.config import OptimConfig, ScheduleConfig
     from scratchlm.train.optim import build_optimizer
     from scratchlm.train.schedules import Schedule
     from scratchlm.train.step import train_step
 
-    cfg.validate()
-    out, ckpt = open_run_dir(cfg.out_dir, resume)
-    device = torch.device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    reward_fn = reward_function(cfg.reward)
-    model, chat = (
-        model_and_chat if model_and_chat is not None else load_model(cfg.model, device=cfg.device, progress=False)
-    )
-    pad = pad_id(chat)
-    train, held, stats = setup(cfg, chat, model)
+    run = start_run(cfg, resume, model_and_chat)
+    out, ckpt, device, reward_fn, pad = run.out, run.ckpt, run.device, run.reward_fn, run.pad
+    model, chat, train, held, stats = run.model, run.chat, run.train, run.held, run.stats
     log.info("GRPO: %d training prompts, %d held out; %s", len(train), len(held), stats)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef else None
 
@@ -314,15 +307,10 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, stop_after: int | None = N
                                  cfg.kl_coef)  # fmt: skip
     sampler = RolloutSampler(model, chat, kv_cache_mb=cfg.kv_cache_mb, max_num_seqs=max(64, rollouts_per_step))
 
-    start, opt_step, evals = 0, 0, []
-    if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ref_model is not None:
-            ref_model.load_state_dict(state["ref_model"])
-        start, opt_step, evals = state["step"], state["opt_step"], json.loads(state["evals"])
-    elif held:
+    resumed = resume and ckpt.is_file()
+    restore = {"model": model, "ref_model": ref_model}
+    start, opt_step, evals = resume_from(run, restore, optimizer) if resumed else (0, 0, [])
+    if not resumed and held:
         evals.append({"step": 0, **evaluate(sampler, held, reward_fn, cfg.max_tokens)})
         log.info("held-out accuracy before: %.3f", evals[-1]["accuracy"])
 
@@ -333,10 +321,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, stop_after: int | None = N
     step_seconds = []
     for step in range(start, end):
         t0 = time.perf_counter()
-        rng = random.Random(cfg.seed * 1_000_003 + step)
-        batch_tasks = [train[rng.randrange(len(train))] for _ in range(cfg.prompts_per_step)]
-        ro = sampler.sample([t.prompt_ids for t in batch_tasks], cfg.group_size, cfg.max_tokens, cfg.temperature,
-                            cfg.top_p, seed=cfg.seed * 7919 + step)  # fmt: skip
+        batch_tasks, ro = sample_step(run, sampler, cfg, step, cfg.prompts_per_step)
         t_roll = time.perf_counter() - t0
         truths = [t.answer for t in batch_tasks for _ in range(cfg.group_size)]
         adv, raw, rmeta = compute_group_normalized_rewards(

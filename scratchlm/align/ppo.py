@@ -25,7 +25,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from scratchlm.align.grpo import GRPOConfig, evaluate, setup
+from scratchlm.align.grpo import GRPOConfig, evaluate
 from scratchlm.align.logprobs import masked_mean, token_entropy, token_log_probs
 from scratchlm.align.pg_losses import (
     ValueHead,
@@ -36,7 +36,7 @@ from scratchlm.align.pg_losses import (
     token_rewards,
     whiten,
 )
-from scratchlm.align.run_dir import open_run_dir, pad_id, save_checkpoint
+from scratchlm.align.run_dir import save_checkpoint
 from scratchlm.errors import ScratchLMError
 
 log = logging.getLogger(__name__)
@@ -112,22 +112,15 @@ class PPOLoss:
 
 def train_ppo(cfg: PPOConfig, resume: bool = False, stop_after: int | None = None, model_and_chat=None) -> dict:
     """Run PPO per `cfg`; returns the summary (also OUT/summary.json); resume / stop_after as `train_grpo`."""
-    from scratchlm.align.rewards import reward_function
+    from scratchlm.align.rl_run import resume_from, sample_step, start_run
     from scratchlm.align.rollout import RolloutSampler, engine_log_probs_tensor, rollout_batch
     from scratchlm.io import write_json
-    from scratchlm.model.model_dir import load_model, save_model_dir
+    from scratchlm.model.model_dir import save_model_dir
     from scratchlm.train.step import train_step
 
-    cfg.validate()
-    out, ckpt = open_run_dir(cfg.out_dir, resume)
-    device = torch.device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    reward_fn = reward_function(cfg.reward)
-    model, chat = (
-        model_and_chat if model_and_chat is not None else load_model(cfg.model, device=cfg.device, progress=False)
-    )
-    pad = pad_id(chat)
-    train, held, stats = setup(cfg, chat, model)
+    run = start_run(cfg, resume, model_and_chat)
+    out, ckpt, device, reward_fn, pad = run.out, run.ckpt, run.device, run.reward_fn, run.pad
+    model, chat, train, held, stats = run.model, run.chat, run.train, run.held, run.stats
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef else None
     pv = PolicyWithValue(model).to(device)
     optimizer = torch.optim.AdamW(
@@ -139,24 +132,16 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, stop_after: int | None = Non
     rollouts_per_step = cfg.prompts_per_step * cfg.group_size
     tb = cfg.train_batch or rollouts_per_step
     sampler = RolloutSampler(model, chat, kv_cache_mb=cfg.kv_cache_mb, max_num_seqs=max(64, rollouts_per_step))
-    start, opt_step, evals = 0, 0, []
-    if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        pv.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ref_model is not None:
-            ref_model.load_state_dict(state["ref_model"])
-        start, opt_step, evals = state["step"], state["opt_step"], json.loads(state["evals"])
-    elif held:
+    resumed = resume and ckpt.is_file()
+    restore = {"model": pv, "ref_model": ref_model}
+    start, opt_step, evals = resume_from(run, restore, optimizer) if resumed else (0, 0, [])
+    if not resumed and held:
         evals.append({"step": 0, **evaluate(sampler, held, reward_fn, cfg.max_tokens)})
     metrics = (out / "metrics.jsonl").open("a")
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     for step in range(start, end):
         t0 = time.perf_counter()
-        rng = random.Random(cfg.seed * 1_000_003 + step)
-        tasks = [train[rng.randrange(len(train))] for _ in range(cfg.prompts_per_step)]
-        ro = sampler.sample([t.prompt_ids for t in tasks], cfg.group_size, cfg.max_tokens, cfg.temperature,
-                            cfg.top_p, seed=cfg.seed * 7919 + step)  # fmt: skip
+        tasks, ro = sample_step(run, sampler, cfg, step, cfg.prompts_per_step)
         rewards, errors = [], 0
         for i, text in enumerate(ro.texts):
             r, ok = safe_reward(reward_fn, text, tasks[i // cfg.group_size].answer)
