@@ -3,6 +3,8 @@
 scratchlm compress quantize --model smollm2-135m-instruct --bits 8 --out models/smol-int8
 scratchlm compress quantize --model smollm2-135m-instruct --bits 4 --group-size 64 --method gptq \
     --calib ../shared/data/text/owt_mini.txt --out models/smol-gptq4
+scratchlm compress quantize --model smollm2-135m-instruct --bits 4 --group-size 64 --method awq \
+    --calib ../shared/data/text/owt_mini.txt --out models/smol-awq4
 scratchlm compress prune --model runs/mine --sparsity 0.5 --scope layer --out models/mine-50
 scratchlm compress prune-structured --model smollm2-135m-instruct --calib text.txt --d-ff 1024 --n-layers 25 \
     --out models/smol-small
@@ -26,11 +28,11 @@ def register(sub) -> None:
         v.add_argument("--calib-seqs", type=int, default=128, help="calibration sequences")
         v.add_argument("--calib-len", type=int, default=512, help="tokens per calibration sequence")
 
-    q = verbs.add_parser("quantize", help="weight-only int8 / int4 (round to nearest or GPTQ)")
+    q = verbs.add_parser("quantize", help="weight-only int8 / int4 (round to nearest, GPTQ or AWQ)")
     common(q)
     q.add_argument("--bits", type=int, choices=[4, 8], default=8)
     q.add_argument("--group-size", type=int, default=64, help="int4: inputs per scale / zero point")
-    q.add_argument("--method", choices=["rtn", "gptq"], default="rtn")
+    q.add_argument("--method", choices=["rtn", "gptq", "awq"], default="rtn")
     q.add_argument(
         "--act-order",
         action=argparse.BooleanOptionalAction,
@@ -97,10 +99,10 @@ def quantize(args: argparse.Namespace) -> int:
     cfg = QuantConfig(args.bits, args.group_size, args.method, quantize_head=args.quantize_head)
     cfg.act_order = args.act_order
     cfg.validate()
-    if args.method == "gptq" and args.calib is None:
-        raise ScratchLMError("--method gptq needs --calib TEXT_FILE (calibration data)")
+    if args.method in ("gptq", "awq") and args.calib is None:
+        raise ScratchLMError(f"--method {args.method} needs --calib TEXT_FILE (calibration data)")
     model, chat = load_model(args.model)
-    calib = _calibration(args, chat) if args.method == "gptq" else None
+    calib = _calibration(args, chat) if args.method in ("gptq", "awq") else None
     quantize_model(model, cfg, calib=calib)
     _save(model, chat, args, {"quantization": model.quantization | {"modules": len(model.quantization["modules"])}})
     return 0

@@ -2,6 +2,7 @@
 
     qmodel = quantize_model(model, QuantConfig(bits=4, group_size=128))   # swaps the block linears in place
     qmodel = quantize_model(model, QuantConfig(bits=4, method="gptq"), calib=ids)   # gptq.py
+    qmodel = quantize_model(model, QuantConfig(bits=4, method="awq"), calib=ids)    # awq.py
 
 Formats (the tensors a quantised module keeps, and what `save_model_dir` writes):
 
@@ -31,14 +32,16 @@ from torch import Tensor, nn
 
 from scratchlm.errors import InvalidArgument, ScratchLMError
 
-METHODS = ("rtn", "gptq")
+METHODS = ("rtn", "gptq", "awq")
 
 
 @dataclass
 class QuantConfig:
     bits: int = 8  # 8 (per output channel) | 4 (group-wise)
     group_size: int = 128  # int4 only: inputs per (scale, zero) pair; 32 / 64 / 128 are usual
-    method: str = "rtn"  # rtn: round to nearest | gptq: second-order error compensation (gptq.py)
+    # rtn: round to nearest | gptq: second-order error compensation (gptq.py) | awq: activation-aware
+    # input-channel scales folded into the previous op, then round to nearest (awq.py)
+    method: str = "rtn"
     include: str = ""  # regex over module names (e.g. "blocks.3.ffn"); "" = every linear in the blocks
     quantize_head: bool = False  # also the output head (untied from the embedding, which stays as it is)
     # GPTQ
@@ -47,6 +50,9 @@ class QuantConfig:
     # columns in order of decreasing diag(H): on SmolLM2 int4-g64 this is what makes GPTQ beat round to nearest
     # (~40% of RTN's bits/byte loss removed; without it no better: benchmarks/results/gptq.md)
     act_order: bool = True
+    # AWQ
+    awq_grid: int = 20  # points of the scale exponent alpha in [0, 1] (and clip ratios 1, 1 - 1/grid, ... > 0.5)
+    awq_clip: bool = True  # int4: also search each group's range shrink (weight clipping)
 
     def validate(self) -> None:
         if self.bits not in (4, 8):
@@ -57,6 +63,8 @@ class QuantConfig:
             raise InvalidArgument(f"quantisation method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not 0 <= self.damp < 1 or self.block < 1:
             raise InvalidArgument(f"GPTQ damp must be in [0, 1) and block >= 1, got {self.damp}, {self.block}")
+        if self.awq_grid < 2:
+            raise InvalidArgument(f"AWQ awq_grid must be >= 2 points, got {self.awq_grid}")
 
     def to_json(self) -> dict:
         return {"bits": self.bits, "group_size": self.group_size if self.bits == 4 else 0, "method": self.method}
@@ -308,7 +316,7 @@ def quantized(linear: nn.Linear, cfg: QuantConfig) -> nn.Module:
 def quantize_model(model: nn.Module, cfg: QuantConfig | None = None, calib: Tensor | None = None) -> nn.Module:
     """Swap the target linears of `model` for quantised modules, in place; returns the model.
 
-    Round to nearest needs no data; GPTQ needs `calib` (S, T) token ids. Everything is checked (config,
+    Round to nearest needs no data; GPTQ and AWQ need `calib` (S, T) token ids. Everything is checked (config,
     group sizes of every target, calibration data) before the first module is swapped."""
     cfg = cfg or QuantConfig()
     cfg.validate()
@@ -323,6 +331,10 @@ def quantize_model(model: nn.Module, cfg: QuantConfig | None = None, calib: Tens
         from scratchlm.compress.gptq import gptq_quantize
 
         gptq_quantize(model, cfg, calib, targets)
+    elif cfg.method == "awq":
+        from scratchlm.compress.awq import awq_quantize
+
+        awq_quantize(model, cfg, calib, targets)
     else:
         with torch.no_grad():
             for name, m in targets.items():
