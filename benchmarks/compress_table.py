@@ -66,6 +66,8 @@ ROWS = {
     "int4-g32": "int4 group 32, RTN",
     "int4-g64": "int4 group 64, RTN",
     "gptq-g64": "int4 group 64, GPTQ (act_order)",
+    "awq-g64": "int4 group 64, AWQ (scales + clipping)",
+    "awq-g32": "int4 group 32, AWQ (scales + clipping)",
     "q8_0": "GGUF Q8_0 (dequantised)",
     "q4_1": "GGUF Q4_1 (dequantised)",
     "magnitude50": "50% magnitude, per linear",
@@ -86,7 +88,12 @@ LLAMA_CPP_ANCHORS = {  # llama.cpp tools/perplexity/README.md: perplexity change
 
 
 def is_row(row: str) -> bool:
-    return row in ROWS or row.startswith(("int4-g", "gptq-g")) and row[6:].isdigit()
+    return row in ROWS or row.startswith(("int4-g", "gptq-g")) and row[6:].isdigit() or awq_group(row) is not None
+
+
+def awq_group(row: str) -> int | None:
+    """The group size of an AWQ row ("awq-g64" -> 64), else None."""
+    return int(row[5:]) if row.startswith("awq-g") and row[5:].isdigit() else None
 
 
 # -------------------------------------------------------------------------------------------- building
@@ -154,6 +161,12 @@ def build(row: str, args) -> tuple:
 
         model, chat = load_model(MODEL, progress=False)
         cfg = QuantConfig(bits=4, group_size=int(row[6:]), method="gptq")
+        return quantize_model(model, cfg, calib=calibration_ids(args.calib_seqs, args.calib_len)), chat, None
+    if awq_group(row) is not None:  # calibrated on the same training tokens as GPTQ
+        from scratchlm.compress.quant import QuantConfig, quantize_model
+
+        model, chat = load_model(MODEL, progress=False)
+        cfg = QuantConfig(bits=4, group_size=awq_group(row), method="awq")
         return quantize_model(model, cfg, calib=calibration_ids(args.calib_seqs, args.calib_len)), chat, None
     from benchmarks.bench_compress import build as quant_build
 
