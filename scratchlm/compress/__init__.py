@@ -1,5 +1,5 @@
 """Cheaper models, applied from outside by module swaps: weight-only quantisation (`quant.py`: int8 per
-channel, int4 group-wise, round to nearest; `gptq.py`: GPTQ), unstructured and 2:4 pruning (`prune.py`)
+channel, int4 group-wise, round to nearest; `gptq.py`: GPTQ; `awq.py`: AWQ), unstructured and 2:4 pruning (`prune.py`)
 and structured pruning into a smaller config (`structured.py`). Distillation lives in `train/distill.py`.
 Nothing heavy is imported here."""
 
