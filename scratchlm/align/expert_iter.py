@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from scratchlm.align.logprobs import token_log_probs
 from scratchlm.align.losses import sft_loss
-from scratchlm.align.run_dir import save_checkpoint
 from scratchlm.errors import ScratchLMError
 
 log = logging.getLogger(__name__)
@@ -85,28 +84,22 @@ class SFTLoss:
 
 def train_expert_iter(cfg: ExpertIterConfig, resume: bool = False, model_and_chat=None) -> dict:
     """Run expert iteration per `cfg`; returns the summary (also OUT/summary.json)."""
-    from scratchlm.align.grpo import evaluate
     from scratchlm.align.pg_losses import safe_reward
-    from scratchlm.align.rl_run import resume_from, sample_step, start_run
+    from scratchlm.align.rl_run import after_step, begin, finish, sample_step, start_run
     from scratchlm.align.rollout import RolloutSampler, rollout_batch
-    from scratchlm.io import write_json
-    from scratchlm.model.model_dir import save_model_dir
     from scratchlm.train.config import OptimConfig, ScheduleConfig
     from scratchlm.train.optim import build_optimizer
     from scratchlm.train.schedules import Schedule
     from scratchlm.train.step import train_step
 
     run = start_run(cfg, resume, model_and_chat)
-    out, ckpt, device, reward_fn, pad = run.out, run.ckpt, run.device, run.reward_fn, run.pad
-    model, chat, train, held, stats = run.model, run.chat, run.train, run.held, run.stats
+    device, reward_fn, pad = run.device, run.reward_fn, run.pad
+    model, chat = run.model, run.chat
     optimizer = build_optimizer(model, OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay))
     schedule = Schedule(optimizer, ScheduleConfig(name="constant"), max(cfg.rounds * cfg.sft_steps, 1))
     sampler = RolloutSampler(model, chat, kv_cache_mb=cfg.kv_cache_mb, max_num_seqs=64)
-    resumed = resume and ckpt.is_file()
-    start, opt_step, evals = resume_from(run, {"model": model}, optimizer, key="round") if resumed else (0, 0, [])
-    if not resumed and held:
-        evals.append({"step": 0, **evaluate(sampler, held, reward_fn, cfg.max_tokens)})
-    metrics = (out / "metrics.jsonl").open("a")
+    restore = {"model": model, "optimizer": optimizer}
+    start, opt_step, evals, metrics = begin(run, cfg, sampler, restore, resume, key="round")
     for rnd in range(start, cfg.rounds):
         t0 = time.perf_counter()
         tasks, ro = sample_step(run, sampler, cfg, rnd, cfg.prompts_per_round)
@@ -141,16 +134,7 @@ def train_expert_iter(cfg: ExpertIterConfig, resume: bool = False, model_and_cha
         metrics.write(json.dumps(rec) + "\n")
         metrics.flush()
         log.info("round %d: %d/%d correct, kept %d", rnd + 1, hits, len(ro.texts), len(kept))
-        if held and (rnd + 1 == cfg.rounds or (cfg.eval_every and (rnd + 1) % cfg.eval_every == 0)):
-            evals.append({"step": rnd + 1, **evaluate(sampler, held, reward_fn, cfg.max_tokens)})
-            metrics.write(json.dumps({"kind": "eval", **evals[-1]}) + "\n")
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "round": rnd + 1,
-                 "opt_step": opt_step, "evals": json.dumps(evals)}  # fmt: skip
-        save_checkpoint(ckpt, state)
+        after_step(run, cfg, rnd + 1, cfg.rounds, cfg.rounds, sampler, metrics, evals,
+                   {"model": model, "optimizer": optimizer, "round": rnd + 1, "opt_step": opt_step})  # fmt: skip
     metrics.close()
-    save_model_dir(model, chat, out / "model", overwrite=True,
-                   provenance={"stage": "align expert-iter", "base": cfg.model, "rounds": cfg.rounds})  # fmt: skip
-    summary = {"prompts": stats, "train_prompts": len(train), "held_out_prompts": len(held), "evals": evals,
-               "model_dir": str(out / "model")}  # fmt: skip
-    write_json(out / "summary.json", summary)
-    return summary
+    return finish(run, cfg, {"stage": "align expert-iter", "rounds": cfg.rounds}, evals)

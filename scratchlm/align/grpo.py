@@ -32,7 +32,6 @@ from torch import Tensor, nn
 
 from scratchlm.align.logprobs import masked_mean, masked_normalize, token_entropy, token_log_probs
 from scratchlm.align.pg_losses import LOSS_TYPES, compute_group_normalized_rewards, compute_policy_gradient_loss, kl_k3
-from scratchlm.align.run_dir import save_checkpoint
 from scratchlm.errors import ScratchLMError
 
 log = logging.getLogger(__name__)
@@ -283,17 +282,15 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, stop_after: int | None = N
     (model, chat) instead of loading `cfg.model` (tests, notebooks)."""
     import copy
 
-    from scratchlm.align.rl_run import resume_from, sample_step, start_run
+    from scratchlm.align.rl_run import after_step, begin, finish, sample_step, start_run
     from scratchlm.align.rollout import RolloutSampler
-    from scratchlm.io import write_json
-    from scratchlm.model.model_dir import save_model_dir
     from scratchlm.train.config import OptimConfig, ScheduleConfig
     from scratchlm.train.optim import build_optimizer
     from scratchlm.train.schedules import Schedule
     from scratchlm.train.step import train_step
 
     run = start_run(cfg, resume, model_and_chat)
-    out, ckpt, device, reward_fn, pad = run.out, run.ckpt, run.device, run.reward_fn, run.pad
+    ckpt, device, reward_fn, pad = run.ckpt, run.device, run.reward_fn, run.pad
     model, chat, train, held, stats = run.model, run.chat, run.train, run.held, run.stats
     log.info("GRPO: %d training prompts, %d held out; %s", len(train), len(held), stats)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef else None
@@ -307,16 +304,8 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, stop_after: int | None = N
                                  cfg.kl_coef)  # fmt: skip
     sampler = RolloutSampler(model, chat, kv_cache_mb=cfg.kv_cache_mb, max_num_seqs=max(64, rollouts_per_step))
 
-    resumed = resume and ckpt.is_file()
-    restore = {"model": model, "ref_model": ref_model}
-    start, opt_step, evals = resume_from(run, restore, optimizer) if resumed else (0, 0, [])
-    if not resumed and held:
-        evals.append({"step": 0, **evaluate(sampler, held, reward_fn, cfg.max_tokens)})
-        log.info("held-out accuracy before: %.3f", evals[-1]["accuracy"])
-
-    metrics = (out / "metrics.jsonl").open("a")
-    if not resume and evals:
-        metrics.write(json.dumps({"kind": "eval", **evals[-1]}) + "\n")
+    restore = {"model": model, "ref_model": ref_model, "optimizer": optimizer}
+    start, opt_step, evals, metrics = begin(run, cfg, sampler, restore, resume)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     step_seconds = []
     for step in range(start, end):
@@ -359,23 +348,11 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, stop_after: int | None = N
         metrics.write(json.dumps(rec) + "\n")
         metrics.flush()
         log.info("step %d: reward %.3f len %.1f loss %.4f", step + 1, rec["reward"], rec["response_len"], rec["loss"])
-        if held and (step + 1 == cfg.steps or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)):
-            evals.append({"step": step + 1, **evaluate(sampler, held, reward_fn, cfg.max_tokens)})
-            metrics.write(json.dumps({"kind": "eval", **evals[-1]}) + "\n")
-            metrics.flush()
-        if step + 1 == end or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
-                     "opt_step": opt_step, "evals": json.dumps(evals)}  # fmt: skip
-            if ref_model is not None:
-                state["ref_model"] = ref_model.state_dict()
-            save_checkpoint(ckpt, state)
+        after_step(run, cfg, step + 1, cfg.steps, end, sampler, metrics, evals,
+                   {"model": model, "ref_model": ref_model, "optimizer": optimizer, "step": step + 1,
+                    "opt_step": opt_step})  # fmt: skip
     metrics.close()
     if end < cfg.steps:
         return {"stopped_at": end, "checkpoint": str(ckpt)}
-    save_model_dir(model, chat, out / "model", overwrite=True,
-                   provenance={"stage": "align grpo", "base": cfg.model, "steps": cfg.steps})  # fmt: skip
-    summary = {"prompts": stats, "train_prompts": len(train), "held_out_prompts": len(held), "evals": evals,
-               "step_seconds_median": sorted(step_seconds)[len(step_seconds) // 2] if step_seconds else None,
-               "model_dir": str(out / "model")}  # fmt: skip
-    write_json(out / "summary.json", summary)
-    return summary
+    median = sorted(step_seconds)[len(step_seconds) // 2] if step_seconds else None
+    return finish(run, cfg, {"stage": "align grpo", "steps": cfg.steps}, evals, step_seconds_median=median)

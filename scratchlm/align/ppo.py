@@ -25,7 +25,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from scratchlm.align.grpo import GRPOConfig, evaluate
+from scratchlm.align.grpo import GRPOConfig
 from scratchlm.align.logprobs import masked_mean, token_entropy, token_log_probs
 from scratchlm.align.pg_losses import (
     ValueHead,
@@ -36,7 +36,6 @@ from scratchlm.align.pg_losses import (
     token_rewards,
     whiten,
 )
-from scratchlm.align.run_dir import save_checkpoint
 from scratchlm.errors import ScratchLMError
 
 log = logging.getLogger(__name__)
@@ -112,15 +111,13 @@ class PPOLoss:
 
 def train_ppo(cfg: PPOConfig, resume: bool = False, stop_after: int | None = None, model_and_chat=None) -> dict:
     """Run PPO per `cfg`; returns the summary (also OUT/summary.json); resume / stop_after as `train_grpo`."""
-    from scratchlm.align.rl_run import resume_from, sample_step, start_run
+    from scratchlm.align.rl_run import after_step, begin, finish, sample_step, start_run
     from scratchlm.align.rollout import RolloutSampler, engine_log_probs_tensor, rollout_batch
-    from scratchlm.io import write_json
-    from scratchlm.model.model_dir import save_model_dir
     from scratchlm.train.step import train_step
 
     run = start_run(cfg, resume, model_and_chat)
-    out, ckpt, device, reward_fn, pad = run.out, run.ckpt, run.device, run.reward_fn, run.pad
-    model, chat, train, held, stats = run.model, run.chat, run.train, run.held, run.stats
+    ckpt, device, reward_fn, pad = run.ckpt, run.device, run.reward_fn, run.pad
+    model, chat = run.model, run.chat
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef else None
     pv = PolicyWithValue(model).to(device)
     optimizer = torch.optim.AdamW(
@@ -132,12 +129,8 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, stop_after: int | None = Non
     rollouts_per_step = cfg.prompts_per_step * cfg.group_size
     tb = cfg.train_batch or rollouts_per_step
     sampler = RolloutSampler(model, chat, kv_cache_mb=cfg.kv_cache_mb, max_num_seqs=max(64, rollouts_per_step))
-    resumed = resume and ckpt.is_file()
-    restore = {"model": pv, "ref_model": ref_model}
-    start, opt_step, evals = resume_from(run, restore, optimizer) if resumed else (0, 0, [])
-    if not resumed and held:
-        evals.append({"step": 0, **evaluate(sampler, held, reward_fn, cfg.max_tokens)})
-    metrics = (out / "metrics.jsonl").open("a")
+    restore = {"model": pv, "ref_model": ref_model, "optimizer": optimizer}
+    start, opt_step, evals, metrics = begin(run, cfg, sampler, restore, resume)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     for step in range(start, end):
         t0 = time.perf_counter()
@@ -188,21 +181,10 @@ def train_ppo(cfg: PPOConfig, resume: bool = False, stop_after: int | None = Non
                **{k: sum(v) / len(v) for k, v in parts_all.items()}, "seconds": time.perf_counter() - t0}  # fmt: skip
         metrics.write(json.dumps(rec) + "\n")
         metrics.flush()
-        if held and (step + 1 == cfg.steps or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)):
-            evals.append({"step": step + 1, **evaluate(sampler, held, reward_fn, cfg.max_tokens)})
-            metrics.write(json.dumps({"kind": "eval", **evals[-1]}) + "\n")
-        if step + 1 == end or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
-            state = {"model": pv.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
-                     "opt_step": opt_step, "evals": json.dumps(evals)}  # fmt: skip
-            if ref_model is not None:
-                state["ref_model"] = ref_model.state_dict()
-            save_checkpoint(ckpt, state)
+        after_step(run, cfg, step + 1, cfg.steps, end, sampler, metrics, evals,
+                   {"model": pv, "ref_model": ref_model, "optimizer": optimizer, "step": step + 1,
+                    "opt_step": opt_step})  # fmt: skip
     metrics.close()
     if end < cfg.steps:
         return {"stopped_at": end, "checkpoint": str(ckpt)}
-    save_model_dir(model, chat, out / "model", overwrite=True,
-                   provenance={"stage": "align ppo", "base": cfg.model, "steps": cfg.steps})  # fmt: skip
-    summary = {"prompts": stats, "train_prompts": len(train), "held_out_prompts": len(held), "evals": evals,
-               "model_dir": str(out / "model")}  # fmt: skip
-    write_json(out / "summary.json", summary)
-    return summary
+    return finish(run, cfg, {"stage": "align ppo", "steps": cfg.steps}, evals)

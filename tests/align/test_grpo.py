@@ -1,6 +1,7 @@
 """GRPO trainer end to end on a tiny byte-level model: metrics logged, a loadable model directory, exact resume,
 bad prompt files named, reward functions that fail counted."""
 
+import dataclasses
 import json
 
 import pytest
@@ -165,6 +166,16 @@ def test_expert_iteration_keeps_only_verified_responses(tmp_path, monkeypatch):
     for r in train:
         assert r["kept"] <= r["correct"] <= r["sampled"] == 64
         assert (r["sft_loss_first"] is None) == (r["kept"] == 0)
+    # resumed after round 1 (a run of 1 round, then continued to 2) ends where the run of 2 rounds ended
+    direct = torch.load(tmp_path / "ei" / "checkpoint.pt", weights_only=True)
+    assert direct["round"] == 2
+    first = dataclasses.replace(cfg, out_dir=str(tmp_path / "ei2"), rounds=1)
+    train_expert_iter(first, model_and_chat=tiny())
+    train_expert_iter(dataclasses.replace(first, rounds=2), resume=True, model_and_chat=tiny())
+    resumed = torch.load(tmp_path / "ei2" / "checkpoint.pt", weights_only=True)
+    assert resumed["round"] == 2 and resumed["opt_step"] == direct["opt_step"]
+    for k in direct["model"]:
+        assert torch.equal(direct["model"][k], resumed["model"][k]), k
 
 
 def test_arithmetic_task_is_seeded_and_correct():
