@@ -36,9 +36,28 @@ def load_run(run_dir: str | Path, which: Literal["best", "latest"] = "best", dev
     model = TransformerLM(cfg.model)
     load_weights(step_dir, model, map_location=device)
     model.to(device).eval()
-    tok_path = cfg.data.tokenizer
-    if not tok_path and cfg.data.train:
-        tok_path = read_token_meta(cfg.data.train).get("tokenizer") or ""
-    if not tok_path or not Path(tok_path).exists():
+    tok_path = find_data_path(cfg.data.tokenizer, run_dir)
+    if tok_path is None and cfg.data.train:
+        train_path = find_data_path(cfg.data.train, run_dir)
+        tok_path = find_data_path(read_token_meta(train_path).get("tokenizer") or "", run_dir) if train_path else None
+    if tok_path is None:
         raise ScratchLMError(f"cannot find the tokenizer of {run_dir} (set data.tokenizer in its config)")
     return model, load_tokenizer(tok_path), cfg
+
+
+def find_data_path(path: str, run_dir: Path) -> Path | None:
+    """A path from a run's config: as written, else (a relative path) under a directory above the run.
+
+    Relative paths are relative to where training was launched (`scratchlm quickstart` writes
+    runs/quickstart/tokenizer next to runs/quickstart/run), so a run loaded from another working
+    directory finds its files under the ancestor that was the launch directory."""
+    if not path:
+        return None
+    if Path(path).exists():
+        return Path(path)
+    if Path(path).is_absolute():
+        return None
+    for base in Path(run_dir).resolve().parents:
+        if (base / path).exists():
+            return base / path
+    return None
