@@ -257,8 +257,9 @@ def run(args: argparse.Namespace) -> dict:
 READING = """## Reading
 
 - SmolLM2-135M-Instruct (52x the parameters, ~2T training tokens against ~2.5M) is best on every text,
-  by 0.5 (Shakespeare) to 1.4 (TinyStories) bits/byte over the best own model: the anchor for how far these 2.6M-parameter, minutes-of-CPU models are from a
-  real small model. Its TinyStories figure (0.68) is its lowest: simple, predictable English.
+  by 0.5 (Shakespeare) to 1.4 (TinyStories) bits/byte over the best own model: the anchor for how far
+  these 2.6M-parameter, minutes-of-CPU models are from a real small model. Its TinyStories figure
+  (0.68) is its lowest: simple, predictable English.
 - Among the toolkit's own models each wins in its domain. The quickstart model is best on Shakespeare:
   2.018 on the validation works it never saw (Julius Caesar; its own validation curve ends at 2.027 on all
   three validation works), but 2.68 on TinyStories and 3.17 on web text: archaic vocabulary and verse
