@@ -3,8 +3,8 @@ the quickstart model and the two owt_mini recipe models of bench_owt (GPT-2-styl
 default), with SmolLM2-135M-Instruct as an anchor row, all scored through `scratchlm.eval` on the
 same bytes of every text.
 
-    nice python -m benchmarks.eval_own_models            # trains what is missing (~30-40 min on 2 busy
-                                                          # cores), then scores (a few minutes)
+    nice python -m benchmarks.eval_own_models            # trains what is missing (~2,050 CPU-s: 62 min
+                                                          # on 2 busy cores), then scores (SmolLM2: slow)
     python -m benchmarks.eval_own_models --render        # only rewrite the .md from the committed .json
 
 Models (run directories kept in benchmarks/_work/own_models/, reused when complete):
