@@ -63,6 +63,7 @@ ROWS = {
     "fp32": "fp32 (SmolLM2's shipped Q4_1 file dequantised)",
     "bf16": "bf16",
     "int8": "int8 per channel, RTN",
+    "int8+head": "int8 per channel, RTN, head too",
     "int4-g32": "int4 group 32, RTN",
     "int4-g64": "int4 group 64, RTN",
     "gptq-g64": "int4 group 64, GPTQ (act_order)",
