@@ -244,7 +244,9 @@ def decode(row: str, model, chat, args) -> dict:
     if args.trace_requests:  # many requests at once: batched decode steps and chunked prefills
         from benchmarks.bench_engine import run_engine, trace
 
-        reqs = trace(0, args.trace_requests, args.trace_tokens)
+        ctx = model.config.context_length  # the students take 256 tokens: their prompts keep their ends
+        reqs = [(p[-(ctx - k - 1) :] if len(p) + k >= ctx else p, k) for p, k in trace(0, args.trace_requests,
+                                                                                     args.trace_tokens)]  # fmt: skip
         runs = [run_engine(model, chat, reqs, kv_cache_mb=512) for _ in range(2)]
         best = max(runs, key=lambda r: r["tok_s"])
         out |= {"trace": {"requests": len(reqs), "tokens": best["tokens"], "tok_s": best["tok_s"],
@@ -338,8 +340,11 @@ def table(args) -> None:
         rss = max((v for k, v in rec.get("peak_rss_mib", {}).items() if k != "decode"), default=None)
         cells.append("-" if rss is None else f"{rss:.0f}")
         d = rec.get("decode")
+        int4_twin = row.startswith(("gptq-g", "awq-g")) and not (d or {}).get("tok_s")
         if row in GGUF_ROWS:
             cells.append("= fp32 (dequantised)")
+        elif int4_twin:  # GPTQ / AWQ weights are int4 in RTN's format: the same kernel reads them
+            cells.append(f"= int4 group {row.split('-g')[1]} (same format)")
         elif d is None:
             cells.append("-" if row in BPB_ONLY else "not measured")
         elif d.get("tok_s") is None:
@@ -347,7 +352,10 @@ def table(args) -> None:
         else:
             cells.append(f"{d['tok_s']:.1f} (load {d['load_before']:.1f})")
         t = (d or {}).get("trace")
-        cells.append(f"{t['tok_s']:.1f}" if t else "-" if row in BPB_ONLY | set(GGUF_ROWS) else "not measured")
+        if t or int4_twin:
+            cells.append(f"{t['tok_s']:.1f}" if t else f"= int4 group {row.split('-g')[1]}")
+        else:
+            cells.append("-" if row in BPB_ONLY | set(GGUF_ROWS) else "not measured")
         lines.append("| " + " | ".join(cells) + " |")
     sample = next((r["bpb"] for r in recs.values() if "bpb" in r), {})
     threads = "/".join(str(t) for t in sorted({r.get("threads", args.threads) for r in recs.values()}))
@@ -364,10 +372,11 @@ def table(args) -> None:
         "block linears at their GGUF block size; pruned rows are stored dense). Peak RSS = ru_maxrss of the row's "
         "own process (loading the fp32 weights, compressing, scoring: an upper bound on serving memory). decode = "
         f"batch-1 greedy tokens/s through the engine, median of {args.repeats} x {args.decode_tokens} tokens, with "
-        f"the 1-minute load average; only measured below load {args.max_load} (2 cores shared with other jobs). "
+        "the 1-minute load average beside it (the measuring process's own 2 threads count: ~1-2 on a quiet machine; "
+        f"not measured at --max-load or above, {args.max_load} by default; 2 cores shared with other jobs). "
         f"trace = the engine's output tokens/s on {args.trace_requests} requests at once (bench_engine.trace: "
-        f"random prompts of 50-500 tokens, greedy, 50-{args.trace_tokens} output tokens each), best of 2 runs, "
-        "in the same process right after decode.",
+        f"random prompts of 50-500 tokens, greedy, 50-{args.trace_tokens} output tokens each; prompts cut to the "
+        "students' 256-token context keep their ends), best of 2 runs, in the same process right after decode.",
         "",
         "| model | params | MiB | owt_mini held-out bits/byte | tinystories_val bits/byte | owt ppl vs fp32 "
         "| MMLU cloze acc_norm % | peak RSS MiB | decode tok/s | trace tok/s |",
