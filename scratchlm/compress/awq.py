@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from scratchlm.compress.gptq import blockwise, check_calibration
+from scratchlm.compress.gptq import blockwise, check_calibration, run_block
 from scratchlm.compress.quant import QuantConfig, int4_params, quantized, round_int4, set_module
 
 
@@ -256,12 +256,7 @@ def awq_quantize(
         # targets no fold reaches: clipping only, on their own inputs
         groups += [ScaleGroup(n, [m], None) for n, m in linears.items() if id(m) not in grouped]
         seen, handles = capture([g.linears[0] for g in groups])
-        try:
-            for args, kwargs in inputs:
-                block(*args, **kwargs)
-        finally:
-            for hd in handles:
-                hd.remove()
+        run_block(block, inputs, handles)
         mixer = getattr(getattr(block, "attn", None), "f", None)
         no_clip = {id(getattr(mixer, p, None)) for p in ("q_proj", "k_proj")}
         xs = []

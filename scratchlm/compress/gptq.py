@@ -190,6 +190,16 @@ def check_calibration(calib, what: str) -> None:
 BlockFn = Callable[[nn.Module, dict[str, nn.Linear], list[tuple[tuple, dict]]], None]
 
 
+def run_block(block: nn.Module, inputs, handles: list) -> None:
+    """Run `block` on each captured (args, kwargs) for its hooks to see, then remove the hooks (even on error)."""
+    try:
+        for args, kwargs in inputs:
+            block(*args, **kwargs)
+    finally:
+        for hd in handles:
+            hd.remove()
+
+
 @torch.no_grad()
 def blockwise(
     model: nn.Module,
@@ -242,12 +252,7 @@ def gptq_quantize(
 
     def per_block(block: nn.Module, linears: dict[str, nn.Linear], inputs) -> None:
         hs, counts, handles = hessian_hooks(linears)
-        try:
-            for args, kwargs in inputs:
-                block(*args, **kwargs)
-        finally:
-            for hd in handles:
-                hd.remove()
+        run_block(block, inputs, handles)
         quantize_group(model, linears, hs, counts, cfg)
 
     def rest_fn(rest: dict[str, nn.Linear]) -> None:  # the head: after every block is quantised
