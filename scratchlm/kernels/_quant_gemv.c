@@ -22,7 +22,8 @@
  * Threads: output rows are split in contiguous ranges over a small pool of persistent POSIX threads (a
  * decode step calls ~200 linears; starting threads per call would cost ~50 us each time). Workers spin
  * for the next call (~ms), then sleep on a condition variable. The pool competes with torch's own OpenMP
- * workers, which spin between ops too: quant_gemv.py uses it only when asked (see its `set_threads`). The GIL is released during the work.
+ * workers, which spin between ops too: quant_gemv.py uses it only when asked (see its `set_threads`).
+ * The GIL is released during the work.
  * Arguments are raw addresses (tensor.data_ptr()); the Python wrapper (quant_gemv.py) checks dtypes,
  * shapes and contiguity before calling.
  */
@@ -41,7 +42,7 @@
 /* Software prefetch distance, in tiles: each tile's loop also prefetches the tile PFD tiles later at the rate
  * it consumes its own rows. A tile reads NB short rows (K bytes each) at once; the hardware prefetcher does
  * not follow these short interleaved streams, and without this the kernel read ~4.5 GB/s from DRAM on one
- * core (13 GB/s with it; 2 measured best with 2 threads, benchmarks/results/compress_decode.md). */
+ * core (13 GB/s with it; 2 measured best with 2 threads: dev/LOG.md session 9, benchmarks/quant_gemv_rows.py). */
 #ifndef PFD
 #define PFD 2
 #endif
@@ -471,7 +472,7 @@ static int cur_parts = 0;
 static int64_t cur_chunk = 0;
 /* polls of `generation` before a worker sleeps (~ms; env SCRATCHLM_QUANT_SPIN). A decode step runs other ops
  * between its linears; a worker that went to sleep takes tens of us to wake on a VM, every call. Measured on
- * 2 cores (SmolLM2 int8, torch at 1 thread, pool of 2): 20k polls 29, 400k 44, 4M 52 tokens/s. */
+ * 2 cores (SmolLM2 int8, torch at 1 thread, pool of 2): 20k polls 29, 400k 44, 4M 52 tokens/s (dev/LOG.md). */
 static int spin_limit = 4000000;
 
 static void run_part(int part) {

@@ -15,8 +15,9 @@ there re-reads the dequantised matrix from cache, so the dequantise is amortised
 
 Threads: one by default. The kernel's own thread pool competes with torch's OpenMP workers, which spin
 between ops: on 2 cores, SmolLM2 int8 decoded at ~30 tokens/s with a pool of 2 next to torch's 2 threads
-and ~48 with the kernel on one (benchmarks/results/compress_decode.md). `set_threads(n)` (or env
-SCRATCHLM_QUANT_THREADS) uses a pool of n, which pays when torch runs one thread (`torch.set_num_threads(1)`).
+and ~48 with the kernel on one (dev/LOG.md, session 9; benchmarks/quant_decode_ab.py measures the default).
+`set_threads(n)` (or env SCRATCHLM_QUANT_THREADS) uses a pool of n, which pays when torch runs one thread
+(`torch.set_num_threads(1)`).
 
 The loops are AVX-512F, AVX2 + FMA or portable C, the best the CPU runs, picked at import (no -march
 flag at build: the wheel runs on any x86-64); `_quant_gemv.isa()` names them, `_quant_gemv.set_isa(name)`
@@ -41,8 +42,9 @@ try:  # built by setup.py where a C compiler exists (optional, like the paged de
 except ImportError:  # pragma: no cover - depends on the install
     _quant_gemv = None
 
-# rows per call; measured on SmolLM2's shapes, one thread (kernel vs dequantise + F.linear): int8 3.3x at 48
-# rows, 1.4x at 64; int4 1.2x at 48, 0.6x at 64
+# rows per call. Kernel (one thread) against dequantise + F.linear (2 torch threads) on SmolLM2's shapes
+# (benchmarks/quant_gemv_rows.py; the reference's dequantise varies ~3x between runs): at 48 rows int8 1.5-2.4x
+# faster, int4 0.8-2.5x; at 64 rows the GEMM wins for int4 (0.6x, dev/LOG.md session 9)
 MAX_ROWS = 48
 MIN_THREAD_WEIGHTS = 1 << 16  # below ~64k weights one thread finishes before a second one wakes
 _threads = None  # set_threads; None: env SCRATCHLM_QUANT_THREADS, else 1
